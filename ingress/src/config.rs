@@ -1,0 +1,152 @@
+//! Command-line arguments and the checked configuration they become.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use transport::{parse_duration, TransportLimits};
+
+/// Public side of ingress-tunnel: serves HTTP on a public port and routes each request by its
+/// Host (`<tunnel>.<domain>`) to a tunnel-agent connected over QUIC.
+#[derive(Debug, Parser)]
+#[command(name = "ingress", version)]
+pub struct Args {
+    /// Address of the public HTTP/1.1 and HTTP/2 (h2c) listener.
+    /// Use 0.0.0.0:80 or [::]:80 on a public host.
+    #[arg(long, env = "INGRESS_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+
+    /// UDP address where agents connect over QUIC.
+    #[arg(long, env = "INGRESS_QUIC", default_value = "127.0.0.1:4433")]
+    pub quic: SocketAddr,
+
+    /// Domain under which tunnels are served: tunnel `app` answers at `app.<domain>`.
+    #[arg(long, env = "INGRESS_DOMAIN", default_value = "localhost")]
+    pub domain: String,
+
+    /// Shared secret that agents present in their hello.
+    #[arg(long, env = "INGRESS_TOKEN", hide_env_values = true)]
+    pub token: String,
+
+    /// Tunnel names known before any agent connects. Requests for them get 502 rather than 404
+    /// while no agent serves them. Names outside the list are still accepted from agents
+    /// unless --only-declared is given.
+    #[arg(long = "tunnel-name", env = "INGRESS_TUNNELS", value_delimiter = ',')]
+    pub tunnel_names: Vec<String>,
+
+    /// Accept only the names given with --tunnel-name.
+    #[arg(long, env = "INGRESS_ONLY_DECLARED")]
+    pub only_declared: bool,
+
+    /// Directory for the generated QUIC certificate and key.
+    #[arg(long, env = "INGRESS_STATE_DIR", default_value = "ingress-state")]
+    pub state_dir: PathBuf,
+
+    /// PEM certificate chain for the QUIC endpoint, in place of the generated one.
+    #[arg(long, env = "INGRESS_QUIC_CERT", requires = "quic_key")]
+    pub quic_cert: Option<PathBuf>,
+
+    /// PEM private key matching --quic-cert.
+    #[arg(long, env = "INGRESS_QUIC_KEY", requires = "quic_cert")]
+    pub quic_key: Option<PathBuf>,
+
+    /// Time the upstream has to send its response head before the client gets 504
+    /// (e.g. 500ms, 30s, 2m).
+    #[arg(long, env = "INGRESS_RESPONSE_HEADER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub response_header_timeout: Duration,
+
+    /// Maximum number of requests in flight to one agent; more wait for a free stream.
+    #[arg(long, env = "INGRESS_MAX_STREAMS_PER_AGENT", default_value_t = 4096)]
+    pub max_streams_per_agent: u32,
+}
+
+/// Checked configuration of one ingress.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    pub quic_addr: SocketAddr,
+    /// Lower-case domain without a leading or trailing dot.
+    pub domain: String,
+    pub token: String,
+    pub declared_tunnels: BTreeSet<String>,
+    pub only_declared: bool,
+    pub state_dir: PathBuf,
+    pub quic_identity: Option<(PathBuf, PathBuf)>,
+    pub response_header_timeout: Duration,
+    /// Time an agent has to finish the QUIC and hello handshake.
+    pub handshake_timeout: Duration,
+    pub max_frame_len: u32,
+    pub transport: TransportLimits,
+}
+
+impl Config {
+    /// Builds a configuration with defaults for everything but the addresses and the token.
+    pub fn new(http_addr: SocketAddr, quic_addr: SocketAddr, token: impl Into<String>) -> Self {
+        Self {
+            http_addr,
+            quic_addr,
+            domain: "localhost".into(),
+            token: token.into(),
+            declared_tunnels: BTreeSet::new(),
+            only_declared: false,
+            state_dir: PathBuf::from("ingress-state"),
+            quic_identity: None,
+            response_header_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            max_frame_len: protocol::MAX_FRAME_LEN,
+            transport: TransportLimits::default(),
+        }
+    }
+}
+
+impl TryFrom<Args> for Config {
+    type Error = anyhow::Error;
+
+    fn try_from(args: Args) -> anyhow::Result<Self> {
+        if args.token.is_empty() {
+            bail!("--token must not be empty");
+        }
+        let domain = normalize_domain(&args.domain)?;
+        let mut declared = BTreeSet::new();
+        for name in &args.tunnel_names {
+            let name = crate::registry::check_tunnel_name(name)
+                .with_context(|| format!("invalid --tunnel-name {name:?}"))?;
+            declared.insert(name);
+        }
+        if args.only_declared && declared.is_empty() {
+            bail!("--only-declared needs at least one --tunnel-name");
+        }
+        if args.max_streams_per_agent == 0 {
+            bail!("--max-streams-per-agent must be at least 1");
+        }
+
+        let mut config = Config::new(args.http, args.quic, args.token);
+        config.domain = domain;
+        config.declared_tunnels = declared;
+        config.only_declared = args.only_declared;
+        config.state_dir = args.state_dir;
+        config.quic_identity = args.quic_cert.zip(args.quic_key);
+        config.response_header_timeout = args.response_header_timeout;
+        config.transport.max_concurrent_streams = args.max_streams_per_agent;
+        Ok(config)
+    }
+}
+
+fn normalize_domain(input: &str) -> anyhow::Result<String> {
+    let domain = input.trim().trim_matches('.').to_ascii_lowercase();
+    let valid = !domain.is_empty()
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !valid {
+        bail!("invalid --domain {input:?}: expected a DNS name such as tunnel.example.com");
+    }
+    Ok(domain)
+}

@@ -1,0 +1,96 @@
+//! Errors of the public proxy path and the status each becomes.
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use protocol::{Failure, FailureKind};
+
+use crate::registry::RouteError;
+use crate::{full_body, ProxyBody};
+
+/// Why a public request got no response from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the Host header is missing or invalid")]
+    BadHost,
+    #[error("host {0:?} is not under this ingress's domain")]
+    ForeignHost(String),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("tunnel {tunnel:?}: agent connection failed: {reason}")]
+    AgentLost { tunnel: String, reason: String },
+    #[error("tunnel {tunnel:?}: the agent reported: {}", failure.message)]
+    Agent { tunnel: String, failure: Failure },
+    #[error("tunnel {tunnel:?}: the upstream did not send a response head within {seconds} s")]
+    HeaderTimeout { tunnel: String, seconds: u64 },
+    #[error("tunnel {tunnel:?}: invalid response from agent: {reason}")]
+    BadResponse { tunnel: String, reason: String },
+}
+
+impl ProxyError {
+    /// Status code sent to the client.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadHost => StatusCode::BAD_REQUEST,
+            Self::ForeignHost(_) | Self::Route(RouteError::UnknownTunnel(_)) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::Route(RouteError::NoAgent(_)) | Self::AgentLost { .. } => StatusCode::BAD_GATEWAY,
+            Self::Agent { failure, .. } => match failure.kind {
+                FailureKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+                FailureKind::BadRequest => StatusCode::BAD_REQUEST,
+                FailureKind::UpstreamRefused
+                | FailureKind::UpstreamUnreachable
+                | FailureKind::UnknownTunnel
+                | FailureKind::BadResponse => StatusCode::BAD_GATEWAY,
+            },
+            Self::HeaderTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::BadResponse { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Short machine-readable cause, sent in the `x-ingress-error` header.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::BadHost => "bad-host",
+            Self::ForeignHost(_) | Self::Route(RouteError::UnknownTunnel(_)) => "unknown-tunnel",
+            Self::Route(RouteError::NoAgent(_)) => "no-agent",
+            Self::AgentLost { .. } => "agent-lost",
+            Self::Agent { failure, .. } => match failure.kind {
+                FailureKind::UpstreamRefused => "upstream-refused",
+                FailureKind::UpstreamUnreachable => "upstream-unreachable",
+                FailureKind::UpstreamTimeout => "upstream-timeout",
+                FailureKind::UnknownTunnel => "tunnel-not-served",
+                FailureKind::BadRequest => "bad-request",
+                FailureKind::BadResponse => "bad-upstream-response",
+            },
+            Self::HeaderTimeout { .. } => "upstream-timeout",
+            Self::BadResponse { .. } => "bad-agent-response",
+        }
+    }
+
+    /// Plain-text response for the client.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let text = format!(
+            "{} {}: {self}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("Error")
+        );
+        let mut response = Response::new(full_body(Bytes::from(text)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+        headers.insert(
+            "x-ingress-error",
+            header::HeaderValue::from_static(self.cause()),
+        );
+        response
+    }
+}

@@ -1,0 +1,147 @@
+//! The public side of ingress-tunnel.
+//!
+//! An [`Ingress`] owns two listeners: a TCP listener serving HTTP/1.1 and prior-knowledge
+//! HTTP/2 to public clients, and a QUIC endpoint where tunnel-agents connect. Each public
+//! request becomes its own QUIC stream to the agent serving the tunnel named in its Host.
+//! TLS on the public listener is not implemented; put a TLS-terminating proxy in front for
+//! HTTPS.
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod forward;
+mod http;
+mod registry;
+mod tls;
+mod tunnels;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use tokio::net::TcpListener;
+
+pub use crate::config::{Args, Config};
+pub use crate::error::ProxyError;
+pub use crate::registry::RouteError;
+
+/// Error type of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Body of every response the ingress sends.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A bound ingress, ready to [`run`](Ingress::run).
+pub struct Ingress {
+    listener: TcpListener,
+    endpoint: quinn::Endpoint,
+    state: Arc<State>,
+    cert_sha256: String,
+}
+
+/// What every connection task shares.
+pub(crate) struct State {
+    config: Config,
+    registry: Arc<registry::Registry>,
+    http_port: u16,
+}
+
+impl Ingress {
+    /// Loads or creates the QUIC identity and binds both listeners.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error naming the address or file that failed.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let identity = tls::load_identity(&config)?;
+        let cert_sha256 = identity.fingerprint();
+        let server_config = tls::server_config(identity, &config)?;
+
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("failed to listen for HTTP on {}", config.http_addr))?;
+        let endpoint = transport::bind_endpoint(config.quic_addr, Some(server_config))
+            .with_context(|| format!("failed to listen for QUIC on udp/{}", config.quic_addr))?;
+        let http_port = listener.local_addr()?.port();
+
+        let registry = Arc::new(registry::Registry::new(&config.declared_tunnels));
+        let state = Arc::new(State {
+            config,
+            registry,
+            http_port,
+        });
+        Ok(Self {
+            listener,
+            endpoint,
+            state,
+            cert_sha256,
+        })
+    }
+
+    /// Address of the public HTTP listener.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.state.config.http_addr)
+    }
+
+    /// Address of the QUIC endpoint.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .unwrap_or(self.state.config.quic_addr)
+    }
+
+    /// Lower-case hex SHA-256 of the QUIC certificate, for the agent's `--cert-sha256`.
+    pub fn cert_sha256(&self) -> &str {
+        &self.cert_sha256
+    }
+
+    /// Serves until `shutdown` completes, then closes every agent connection.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error only if a listener task panicked.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let clients = tokio::spawn(http::accept_clients(self.listener, state.clone()));
+        let agents = tokio::spawn(tunnels::accept_agents(self.endpoint.clone(), state));
+
+        shutdown.await;
+        tracing::info!("shutting down");
+        clients.abort();
+        self.endpoint.close(
+            transport::code(protocol::code::SHUTDOWN),
+            b"ingress shutting down",
+        );
+        let _ = agents.await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle())
+            .await;
+        Ok(())
+    }
+}
+
+impl State {
+    fn public_url(&self, tunnel: &str) -> String {
+        let domain = &self.config.domain;
+        match self.http_port {
+            80 => format!("http://{tunnel}.{domain}"),
+            port => format!("http://{tunnel}.{domain}:{port}"),
+        }
+    }
+
+    fn registry_handle(&self) -> Arc<registry::Registry> {
+        self.registry.clone()
+    }
+}
+
+pub(crate) fn full_body(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes)
+        .map_err(|never| -> BoxError { match never {} })
+        .boxed_unsync()
+}

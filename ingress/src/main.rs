@@ -1,0 +1,68 @@
+//! `ingress` binary: parses arguments, installs logging and runs the ingress until SIGINT or
+//! SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ingress::{Args, Config, Ingress};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ingress: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = Config::try_from(args)?;
+    let ingress = Ingress::bind(config.clone()).await?;
+    let quic = ingress.quic_addr();
+    let agent_address = if quic.ip().is_unspecified() {
+        format!("<this host's public address>:{}", quic.port())
+    } else {
+        quic.to_string()
+    };
+    tracing::info!(http = %ingress.http_addr(), quic = %quic, domain = %config.domain, "listening");
+    println!("QUIC certificate SHA-256: {}", ingress.cert_sha256());
+    println!("Start an agent next to your app with:");
+    println!(
+        "  TUNNEL_TOKEN=<the ingress token> tunnel-agent --ingress {agent_address} --cert-sha256 {} --tunnel app=http://127.0.0.1:3000",
+        ingress.cert_sha256()
+    );
+    println!(
+        "and open http://app.{}:{}/",
+        config.domain,
+        ingress.http_addr().port()
+    );
+    ingress.run(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the ingress");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,154 @@
+//! Map from tunnel names to the agents that serve them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use anyhow::bail;
+
+/// One connected agent, cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Agent {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub connection: quinn::Connection,
+}
+
+/// Why a request found no agent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("no tunnel named {0:?}")]
+    UnknownTunnel(String),
+    #[error("tunnel {0:?} has no agent connected")]
+    NoAgent(String),
+}
+
+/// Live tunnels. Names stay known after their last agent leaves, so requests for them get 502
+/// (agent gone) rather than 404 (no such tunnel).
+#[derive(Debug)]
+pub(crate) struct Registry {
+    tunnels: Mutex<HashMap<String, Tunnel>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Tunnel {
+    agents: Vec<Agent>,
+    /// Round-robin position among `agents`.
+    next: usize,
+}
+
+impl Registry {
+    /// Builds a registry in which `declared` names are known before any agent connects.
+    pub(crate) fn new(declared: &BTreeSet<String>) -> Self {
+        let tunnels = declared
+            .iter()
+            .map(|name| (name.clone(), Tunnel::default()))
+            .collect();
+        Self {
+            tunnels: Mutex::new(tunnels),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Returns a fresh agent id.
+    pub(crate) fn next_agent_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds `agent` as a server of each of `names`.
+    pub(crate) fn register(&self, names: &[String], agent: &Agent) {
+        let mut tunnels = self.lock();
+        for name in names {
+            tunnels
+                .entry(name.clone())
+                .or_default()
+                .agents
+                .push(agent.clone());
+        }
+    }
+
+    /// Removes the agent with `id` from every tunnel; the names stay known.
+    pub(crate) fn remove(&self, id: u64) {
+        for tunnel in self.lock().values_mut() {
+            tunnel.agents.retain(|agent| agent.id != id);
+        }
+    }
+
+    /// Picks the agent for the next request to `name`, rotating among live agents.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`RouteError`] when the name is unknown or no live agent serves it.
+    pub(crate) fn pick(&self, name: &str) -> Result<Agent, RouteError> {
+        let mut tunnels = self.lock();
+        let Some(tunnel) = tunnels.get_mut(name) else {
+            return Err(RouteError::UnknownTunnel(name.to_string()));
+        };
+        tunnel
+            .agents
+            .retain(|agent| agent.connection.close_reason().is_none());
+        if tunnel.agents.is_empty() {
+            return Err(RouteError::NoAgent(name.to_string()));
+        }
+        let index = tunnel.next % tunnel.agents.len();
+        tunnel.next = tunnel.next.wrapping_add(1);
+        Ok(tunnel.agents[index].clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tunnel>> {
+        // A panic while the lock was held cannot leave the map half-updated in a way that
+        // matters here, so a poisoned lock is used as it is.
+        self.tunnels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Checks and lower-cases a tunnel name: one DNS label of 1 to 63 letters, digits and
+/// hyphens, not starting or ending with a hyphen.
+///
+/// # Errors
+///
+/// Returns an error saying what is wrong with the name.
+pub(crate) fn check_tunnel_name(name: &str) -> anyhow::Result<String> {
+    let name = name.to_ascii_lowercase();
+    if name.is_empty() || name.len() > 63 {
+        bail!("tunnel name must be 1 to 63 characters, got {}", name.len());
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        bail!("tunnel name {name:?} may contain only letters, digits and '-'");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        bail!("tunnel name {name:?} must not start or end with '-'");
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_checked() {
+        assert_eq!(check_tunnel_name("App-1").unwrap(), "app-1");
+        for bad in ["", "-a", "a-", "a.b", "a b", &"x".repeat(64)] {
+            assert!(check_tunnel_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn declared_name_without_agent_is_known() {
+        let declared = BTreeSet::from(["app".to_string()]);
+        let registry = Registry::new(&declared);
+        assert_eq!(
+            registry.pick("app").unwrap_err(),
+            RouteError::NoAgent("app".into())
+        );
+        assert_eq!(
+            registry.pick("other").unwrap_err(),
+            RouteError::UnknownTunnel("other".into())
+        );
+    }
+}

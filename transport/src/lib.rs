@@ -1,0 +1,28 @@
+//! QUIC plumbing shared by `ingress` and `tunnel-agent`.
+//!
+//! This crate is the only place outside `protocol` that knows the frame layout: it tunes
+//! endpoints, reads and writes frames on quinn streams, turns a stream into an HTTP body and back,
+//! and splices upgraded connections. It does not route requests or talk to upstreams.
+
+#![forbid(unsafe_code)]
+
+mod body;
+mod duration;
+mod endpoint;
+mod frames;
+mod headers;
+mod splice;
+
+pub use body::{content_length, send_body, RecvBody, RecvBodyError, SendBodyError};
+pub use duration::parse_duration;
+pub use endpoint::{bind_endpoint, transport_config, TransportLimits};
+pub use frames::{write_data, write_frame, FrameReader, ReadFrameError, WriteFrameError};
+pub use headers::{
+    from_wire, is_upgrade_request, remove_hop_by_hop, to_wire, InvalidHeader, HOP_BY_HOP,
+};
+pub use splice::{splice, SpliceOutcome};
+
+/// Converts one of the `protocol::code` values into the QUIC type.
+pub fn code(value: u32) -> quinn::VarInt {
+    quinn::VarInt::from_u32(value)
+}

@@ -1,0 +1,90 @@
+//! The private side of ingress-tunnel.
+//!
+//! An [`Agent`] dials the ingress over QUIC, authenticates on a control stream, and serves every
+//! request stream the ingress opens by forwarding it to the local upstream named by its tunnel.
+//! It reconnects on its own when the connection drops.
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod connect;
+mod streams;
+mod tls;
+mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use protocol::RefuseReason;
+use tokio::sync::watch;
+
+pub use crate::config::{parse_fingerprint, Args, Config, TrustAnchor, Upstream, UpstreamProtocol};
+
+/// Connection state, published for callers that wait for the tunnel to come up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Connecting,
+    Connected { urls: Vec<String> },
+    Disconnected { reason: String },
+    Refused { message: String },
+}
+
+/// Why an agent stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("ingress refused the agent ({reason:?}): {message}")]
+    Refused {
+        reason: RefuseReason,
+        message: String,
+    },
+}
+
+/// A configured agent, ready to [`run`](Agent::run).
+pub struct Agent {
+    config: Config,
+    client_config: quinn::ClientConfig,
+    status: watch::Sender<Status>,
+}
+
+impl Agent {
+    /// Checks the TLS settings and prepares the upstream clients.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error when the CA file cannot be used.
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        let client_config = tls::client_config(&config)?;
+        let (status, _) = watch::channel(Status::Connecting);
+        Ok(Self {
+            config,
+            client_config,
+            status,
+        })
+    }
+
+    /// Receiver of status changes.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    /// Serves until `shutdown` completes (then drains) or the ingress refuses the agent.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`AgentError::Refused`] for a bad token, an unsupported version or a name the
+    /// ingress does not allow.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+        let context = Arc::new(streams::StreamContext {
+            upstreams: upstream::Upstreams::new(&self.config),
+            max_frame_len: self.config.max_frame_len,
+        });
+        connect::run(
+            self.config,
+            self.client_config,
+            context,
+            self.status,
+            shutdown,
+        )
+        .await
+    }
+}

@@ -1,0 +1,121 @@
+//! TLS client configuration: the ingress certificate is checked against a pinned SHA-256
+//! fingerprint or a CA file. There is no mode that skips the check.
+
+use std::fs;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, TrustAnchor};
+
+/// Builds the quinn client configuration for `config`.
+///
+/// # Errors
+///
+/// Returns an error when the CA file cannot be read or holds no certificate.
+pub(crate) fn client_config(config: &Config) -> anyhow::Result<quinn::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 is not available in the crypto provider")?;
+    let mut tls = match &config.trust {
+        TrustAnchor::Pinned(fingerprint) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCert {
+                fingerprint: *fingerprint,
+                provider,
+            }))
+            .with_no_client_auth(),
+        TrustAnchor::CaFile(path) => {
+            let pem =
+                fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.with_context(|| format!("invalid PEM in {}", path.display()))?;
+                roots
+                    .add(cert)
+                    .with_context(|| format!("invalid CA certificate in {}", path.display()))?;
+            }
+            if roots.is_empty() {
+                bail!("no CA certificate found in {}", path.display());
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    tls.alpn_protocols = vec![protocol::ALPN.to_vec()];
+
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .context("TLS configuration is not usable for QUIC")?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(transport::transport_config(&config.transport)?));
+    Ok(client)
+}
+
+/// Accepts exactly one certificate, named by its SHA-256, and still checks that the server
+/// holds its private key through the handshake signature.
+#[derive(Debug)]
+struct PinnedCert {
+    fingerprint: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let seen: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if seen == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "ingress certificate SHA-256 is {}, expected {} (--cert-sha256)",
+                hex::encode(seen),
+                hex::encode(self.fingerprint)
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -1,0 +1,236 @@
+//! Requests to local upstreams: pooled hyper clients for ordinary requests and a dedicated
+//! connection for each upgrade.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::{Request, Response, Version};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use protocol::{Failure, FailureKind, RequestHead};
+use tokio::net::TcpStream;
+use transport::{from_wire, remove_hop_by_hop, RecvBody};
+
+use crate::config::{Config, Upstream, UpstreamProtocol};
+
+/// The configured upstreams and the clients that reach them.
+pub(crate) struct Upstreams {
+    tunnels: BTreeMap<String, Upstream>,
+    http1: Client<HttpConnector, RecvBody>,
+    h2c: Client<HttpConnector, RecvBody>,
+    connect_timeout: Duration,
+}
+
+impl Upstreams {
+    pub(crate) fn new(config: &Config) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.upstream_connect_timeout));
+
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(60));
+        let http1 = builder.build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+        Self {
+            tunnels: config.tunnels.clone(),
+            http1,
+            h2c,
+            connect_timeout: config.upstream_connect_timeout,
+        }
+    }
+
+    pub(crate) fn get(&self, tunnel: &str) -> Option<&Upstream> {
+        self.tunnels.get(tunnel)
+    }
+
+    /// Sends an ordinary request through the pooled client for `upstream`.
+    pub(crate) async fn send(
+        &self,
+        upstream: &Upstream,
+        request: Request<RecvBody>,
+    ) -> Result<Response<Incoming>, Failure> {
+        let client = match upstream.protocol {
+            UpstreamProtocol::Http1 => &self.http1,
+            UpstreamProtocol::H2c => &self.h2c,
+        };
+        client
+            .request(request)
+            .await
+            .map_err(|err| classify(&err, &upstream.authority))
+    }
+
+    /// Sends an upgrade request on a new connection and returns the response; on `101` the
+    /// connection can then be taken over with `hyper::upgrade::on`.
+    pub(crate) async fn send_upgrade(
+        &self,
+        upstream: &Upstream,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, Failure> {
+        let authority = &upstream.authority;
+        let connect = tokio::time::timeout(self.connect_timeout, TcpStream::connect(authority));
+        let stream = match connect.await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => return Err(connect_failure(&err, authority)),
+            Err(_) => {
+                return Err(Failure {
+                    kind: FailureKind::UpstreamUnreachable,
+                    message: format!("connecting to upstream {authority} timed out"),
+                })
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| unreachable(&err, authority))?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.with_upgrades().await {
+                tracing::debug!(error = %err, "upstream upgrade connection failed");
+            }
+        });
+        sender
+            .send_request(request)
+            .await
+            .map_err(|err| unreachable(&err, authority))
+    }
+}
+
+/// Turns a request head into a request for `upstream`.
+///
+/// # Errors
+///
+/// Returns a [`FailureKind::BadRequest`] failure when the method, target or a field is
+/// invalid.
+pub(crate) fn build_request<B>(
+    head: RequestHead,
+    upstream: &Upstream,
+    body: B,
+) -> Result<Request<B>, Failure> {
+    let bad = |message: String| Failure {
+        kind: FailureKind::BadRequest,
+        message,
+    };
+    let uri: http::Uri = format!("http://{}{}", upstream.authority, head.target)
+        .parse()
+        .map_err(|_| bad(format!("invalid request target {:?}", head.target)))?;
+    let method = http::Method::from_bytes(head.method.as_bytes())
+        .map_err(|_| bad(format!("invalid method {:?}", head.method)))?;
+    let mut headers = from_wire(head.headers).map_err(|err| bad(err.to_string()))?;
+
+    let upgrade_value = headers.get(http::header::UPGRADE).cloned();
+    remove_hop_by_hop(&mut headers);
+    if head.upgrade {
+        if let Some(value) = upgrade_value {
+            headers.insert(http::header::UPGRADE, value);
+        }
+        headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+    }
+    set_forwarded(&mut headers, &head.scheme, head.client_addr.ip());
+
+    let version = match upstream.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::H2c => Version::HTTP_2,
+    };
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
+/// Sets `X-Forwarded-For` (appending the client to any list it sent), `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`.
+fn set_forwarded(headers: &mut http::HeaderMap, scheme: &str, client: std::net::IpAddr) {
+    const FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+    let earlier: Vec<String> = headers
+        .get_all(&FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .map(str::to_string)
+        .collect();
+    let mut chain = earlier.join(", ");
+    if !chain.is_empty() {
+        chain.push_str(", ");
+    }
+    chain.push_str(&client.to_string());
+    if let Ok(value) = HeaderValue::from_str(&chain) {
+        headers.insert(FOR, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(scheme) {
+        headers.insert(PROTO, value);
+    }
+    if let Some(host) = headers.get(HOST).cloned() {
+        headers.insert(FORWARDED_HOST, host);
+    }
+}
+
+fn classify(err: &hyper_util::client::legacy::Error, authority: &str) -> Failure {
+    if err.is_connect() {
+        if let Some(io) = find_io_error(err) {
+            return connect_failure(io, authority);
+        }
+        return Failure {
+            kind: FailureKind::UpstreamUnreachable,
+            message: format!("failed to connect to upstream {authority}: {}", chain(err)),
+        };
+    }
+    unreachable(err, authority)
+}
+
+fn connect_failure(err: &io::Error, authority: &str) -> Failure {
+    let kind = if err.kind() == io::ErrorKind::ConnectionRefused {
+        FailureKind::UpstreamRefused
+    } else {
+        FailureKind::UpstreamUnreachable
+    };
+    Failure {
+        kind,
+        message: format!("failed to connect to upstream {authority}: {err}"),
+    }
+}
+
+fn unreachable(err: &dyn std::error::Error, authority: &str) -> Failure {
+    Failure {
+        kind: FailureKind::UpstreamUnreachable,
+        message: format!(
+            "upstream {authority} failed before a response head: {}",
+            chain(err)
+        ),
+    }
+}
+
+fn find_io_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
+    let mut source = err.source();
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        source = err.source();
+    }
+    None
+}
+
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(err) = source {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        source = err.source();
+    }
+    text
+}
