@@ -1,0 +1,201 @@
+//! Plain request and response behaviour through the tunnel: bodies, headers, uploads and
+//! compressed bodies match direct access to the upstream.
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::{HeaderMap, Request};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tunnel_tests::client::{self, collect, get_all, Protocol};
+use tunnel_tests::fixture::{gzip_bytes, pattern};
+use tunnel_tests::{test_each_protocol, BoxError, Tunnel};
+
+test_each_protocol!(
+    get_small_matches_direct,
+    get_one_mebibyte_matches_direct,
+    get_chunked_matches_direct,
+    upload_ten_mebibytes_intact,
+    upload_empty_body,
+    gzip_passes_through_untouched,
+    forwarded_headers_set,
+);
+
+/// Header fields that describe the connection or the moment, not the resource.
+fn end_to_end(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    let mut fields: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "date" | "connection" | "keep-alive" | "transfer-encoding"
+            )
+        })
+        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+        .collect();
+    fields.sort();
+    fields
+}
+
+async fn assert_same_as_direct(protocol: Protocol, path: &str) -> usize {
+    let tunnel = Tunnel::start().await;
+    let direct = get_all(Protocol::Http1, &tunnel.direct_url(path)).await;
+    let through = get_all(protocol, &tunnel.url(path)).await;
+
+    assert_eq!(through.status, direct.status);
+    assert_eq!(through.body.len(), direct.body.len());
+    assert!(through.body == direct.body, "body bytes differ");
+    assert_eq!(end_to_end(&through.headers), end_to_end(&direct.headers));
+    through.body.len()
+}
+
+async fn get_small_matches_direct(protocol: Protocol) {
+    let len = assert_same_as_direct(protocol, "/small").await;
+    assert_eq!(len, "hello, world\n".len());
+}
+
+async fn get_one_mebibyte_matches_direct(protocol: Protocol) {
+    let len = assert_same_as_direct(protocol, "/bytes/1048576").await;
+    assert_eq!(len, 1 << 20);
+}
+
+async fn get_chunked_matches_direct(protocol: Protocol) {
+    let tunnel = Tunnel::start().await;
+    let response = client::get(protocol, &tunnel.url("/chunked/300000")).await;
+    assert!(response.headers().get("content-length").is_none());
+    if protocol == Protocol::Http1 {
+        assert_eq!(response.headers()["transfer-encoding"], "chunked");
+    }
+    let body = collect(response).await.body;
+    assert!(body == pattern(300_000), "chunked body differs");
+    drop(tunnel);
+
+    assert_same_as_direct(protocol, "/chunked/300000").await;
+}
+
+/// Posts `body` as a stream of 64 KiB chunks and returns the upstream's digest and count.
+async fn post_streamed(protocol: Protocol, url: &str, body: Vec<u8>) -> (String, String) {
+    let chunks: Vec<Result<Frame<Bytes>, BoxError>> = body
+        .chunks(64 * 1024)
+        .map(|chunk| Ok(Frame::data(Bytes::copy_from_slice(chunk))))
+        .collect();
+    let body = StreamBody::new(stream::iter(chunks)).boxed();
+    let request = Request::post(url).body(body).expect("valid request");
+    let response = collect(client::send(protocol, request).await).await;
+    assert_eq!(response.status, 200);
+    let received = response.headers["x-received-bytes"]
+        .to_str()
+        .expect("ascii count")
+        .to_string();
+    let digest = String::from_utf8(response.body.to_vec()).expect("hex digest");
+    (digest, received)
+}
+
+async fn upload_ten_mebibytes_intact(protocol: Protocol) {
+    let tunnel = Tunnel::start().await;
+    let body = pattern(10 << 20);
+    let expected = hex::encode(Sha256::digest(&body));
+    let (digest, received) = post_streamed(protocol, &tunnel.url("/upload"), body).await;
+    assert_eq!(received, (10 << 20).to_string());
+    assert_eq!(digest, expected);
+}
+
+async fn upload_empty_body(protocol: Protocol) {
+    let tunnel = Tunnel::start().await;
+    let request = Request::post(tunnel.url("/upload"))
+        .body(client::full(Bytes::new()))
+        .expect("valid request");
+    let response = collect(client::send(protocol, request).await).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.headers["x-received-bytes"], "0");
+    assert_eq!(response.body, hex::encode(Sha256::digest(b"")));
+}
+
+async fn gzip_passes_through_untouched(protocol: Protocol) {
+    let tunnel = Tunnel::start().await;
+    let through = get_all(protocol, &tunnel.url("/gzip")).await;
+    let direct = get_all(Protocol::Http1, &tunnel.direct_url("/gzip")).await;
+    assert_eq!(through.headers["content-encoding"], "gzip");
+    assert_eq!(
+        through.headers["content-encoding"],
+        direct.headers["content-encoding"]
+    );
+    assert_eq!(
+        through.headers["content-length"],
+        direct.headers["content-length"]
+    );
+    assert!(through.body == gzip_bytes(), "compressed bytes changed");
+}
+
+async fn forwarded_headers_set(protocol: Protocol) {
+    let tunnel = Tunnel::start().await;
+    let request = Request::get(tunnel.url("/echo-headers"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-custom", "kept")
+        .body(client::empty())
+        .expect("valid request");
+    let seen = collect(client::send(protocol, request).await).await.body;
+    let seen = String::from_utf8_lossy(&seen);
+    let port = tunnel.ingress.http_addr.port();
+    assert!(
+        seen.contains(&format!("host: app.localhost:{port}\n")),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("x-forwarded-proto: http\n"), "{seen}");
+    assert!(
+        seen.contains(&format!("x-forwarded-host: app.localhost:{port}\n")),
+        "{seen}"
+    );
+    assert!(seen.contains("x-custom: kept\n"), "{seen}");
+}
+
+/// An HTTP/1.1 client that sends `Expect: 100-continue` waits for the interim response before
+/// it sends the body, as curl does for large uploads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_with_expect_continue() {
+    let tunnel = Tunnel::start().await;
+    let body = pattern(200_000);
+    let mut socket = tokio::net::TcpStream::connect(tunnel.ingress.http_addr)
+        .await
+        .expect("connect to ingress");
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.expect("write head");
+
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        socket.read_exact(&mut interim),
+    )
+    .await
+    .expect("100 Continue within 5 s")
+    .expect("read interim response");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+
+    socket.write_all(&body).await.expect("write body");
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    let expected = hex::encode(Sha256::digest(&body));
+    while !String::from_utf8_lossy(&response).contains(&expected) {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), socket.read(&mut buf))
+            .await
+            .expect("response within 10 s")
+            .expect("read response");
+        assert!(
+            read > 0,
+            "connection closed early: {}",
+            String::from_utf8_lossy(&response)
+        );
+        response.extend_from_slice(&buf[..read]);
+    }
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("x-received-bytes: 200000\r\n"), "{text}");
+}

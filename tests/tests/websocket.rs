@@ -1,0 +1,173 @@
+//! WebSocket through the tunnel: the upgrade is spliced as raw bytes, messages keep their order
+//! and content both ways, the subprotocol is negotiated end to end, and close codes cross.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tunnel_tests::Tunnel;
+
+type Socket = WebSocketStream<TcpStream>;
+
+/// Opens a WebSocket to the fixture through the ingress, offering `protocols`.
+async fn connect(tunnel: &Tunnel, protocols: &str) -> (Socket, http::Response<Option<Vec<u8>>>) {
+    let mut request = tunnel
+        .url("/ws")
+        .replace("http://", "ws://")
+        .into_client_request()
+        .expect("valid URL");
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        protocols.parse().expect("valid header"),
+    );
+    let tcp = TcpStream::connect(tunnel.ingress.http_addr)
+        .await
+        .expect("connect to ingress");
+    tcp.set_nodelay(true).expect("set TCP_NODELAY");
+    let handshake = tokio_tungstenite::client_async(request, tcp);
+    tokio::time::timeout(Duration::from_secs(5), handshake)
+        .await
+        .expect("handshake within 5 s")
+        .expect("handshake succeeds")
+}
+
+async fn next_message(socket: &mut Socket) -> Message {
+    tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .expect("message within 5 s")
+        .expect("socket still open")
+        .expect("valid message")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_echo_in_order() {
+    let tunnel = Tunnel::start().await;
+    let (mut socket, _) = connect(&tunnel, "chat.v2,chat.v1").await;
+
+    for i in 0..100 {
+        socket
+            .feed(Message::Text(format!("client text {i}")))
+            .await
+            .expect("send text");
+        socket
+            .feed(Message::Binary(vec![(i % 256) as u8; 1 + i * 7]))
+            .await
+            .expect("send binary");
+    }
+    socket.flush().await.expect("flush");
+    for i in 0..100 {
+        assert_eq!(
+            next_message(&mut socket).await,
+            Message::Text(format!("client text {i}"))
+        );
+        assert_eq!(
+            next_message(&mut socket).await,
+            Message::Binary(vec![(i % 256) as u8; 1 + i * 7])
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_messages_arrive_in_order() {
+    let tunnel = Tunnel::start().await;
+    let (mut socket, _) = connect(&tunnel, "chat.v1").await;
+    socket
+        .send(Message::Text("burst".into()))
+        .await
+        .expect("send burst");
+    for i in 0..100 {
+        assert_eq!(
+            next_message(&mut socket).await,
+            Message::Text(format!("server text {i}"))
+        );
+        assert_eq!(
+            next_message(&mut socket).await,
+            Message::Binary(vec![i as u8; 1 + i])
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subprotocol_negotiated() {
+    let tunnel = Tunnel::start().await;
+    let (_socket, response) = connect(&tunnel, "chat.v2,chat.v1").await;
+    assert_eq!(response.status(), 101);
+    assert_eq!(response.headers()["sec-websocket-protocol"], "chat.v1");
+    assert_eq!(
+        response.headers()["upgrade"]
+            .to_str()
+            .map(str::to_ascii_lowercase)
+            .ok()
+            .as_deref(),
+        Some("websocket")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_close_code_reaches_server() {
+    let tunnel = Tunnel::start().await;
+    let (mut socket, _) = connect(&tunnel, "chat.v1").await;
+    let frame = CloseFrame {
+        code: CloseCode::from(4321),
+        reason: "client done".into(),
+    };
+    socket.close(Some(frame)).await.expect("send close");
+    // The server answers the close; the socket then ends.
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), socket.next()).await {}
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        if tunnel.fixture.observed().ws_close_codes.contains(&4321) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server never saw close code 4321"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_close_code_reaches_client() {
+    let tunnel = Tunnel::start().await;
+    let (mut socket, _) = connect(&tunnel, "chat.v1").await;
+    socket
+        .send(Message::Text("close:4002".into()))
+        .await
+        .expect("send close request");
+    match next_message(&mut socket).await {
+        Message::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 4002);
+            assert_eq!(frame.reason, "fixture closing");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+/// Declining an upgrade is an ordinary response: a plain GET to the WebSocket route without
+/// a key gets the fixture's 400 through the tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declined_upgrade_is_normal_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tunnel = Tunnel::start().await;
+    let mut tcp = TcpStream::connect(tunnel.ingress.http_addr)
+        .await
+        .expect("connect to ingress");
+    tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: app.localhost\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .expect("write request");
+    let mut buf = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("response within 5 s")
+        .expect("read response");
+    let text = String::from_utf8_lossy(&buf[..read]);
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+    assert!(text.ends_with("not a WebSocket request\n"), "{text}");
+}
