@@ -15,7 +15,7 @@ use transport::{parse_duration, TransportLimits};
 #[command(name = "ingress", version)]
 pub struct Args {
     /// Address of the public HTTP/1.1 and HTTP/2 (h2c) listener.
-    /// Use 0.0.0.0:80 or [::]:80 on a public host.
+    /// Use `0.0.0.0:80` or `[::]:80` on a public host.
     #[arg(long, env = "INGRESS_HTTP", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
 
@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long, env = "INGRESS_QUIC", default_value = "127.0.0.1:4433")]
     pub quic: SocketAddr,
 
-    /// Domain under which tunnels are served: tunnel `app` answers at `app.<domain>`.
+    /// Domain under which tunnels are served: tunnel `app` is served at `app.<domain>`.
     #[arg(long, env = "INGRESS_DOMAIN", default_value = "localhost")]
     pub domain: String,
 
@@ -36,6 +36,11 @@ pub struct Args {
     /// unless --only-declared is given.
     #[arg(long = "tunnel-name", env = "INGRESS_TUNNELS", value_delimiter = ',')]
     pub tunnel_names: Vec<String>,
+
+    /// Tunnel that serves requests whose Host is not under --domain (a bare IP address, say).
+    /// Without it such requests get 404.
+    #[arg(long, env = "INGRESS_DEFAULT_TUNNEL")]
+    pub default_tunnel: Option<String>,
 
     /// Accept only the names given with --tunnel-name.
     #[arg(long, env = "INGRESS_ONLY_DECLARED")]
@@ -73,6 +78,8 @@ pub struct Config {
     pub token: String,
     pub declared_tunnels: BTreeSet<String>,
     pub only_declared: bool,
+    /// Tunnel for requests whose Host is not under `domain`.
+    pub default_tunnel: Option<String>,
     pub state_dir: PathBuf,
     pub quic_identity: Option<(PathBuf, PathBuf)>,
     pub response_header_timeout: Duration,
@@ -92,6 +99,7 @@ impl Config {
             token: token.into(),
             declared_tunnels: BTreeSet::new(),
             only_declared: false,
+            default_tunnel: None,
             state_dir: PathBuf::from("ingress-state"),
             quic_identity: None,
             response_header_timeout: Duration::from_secs(60),
@@ -123,7 +131,16 @@ impl TryFrom<Args> for Config {
             bail!("--max-streams-per-agent must be at least 1");
         }
 
+        let default_tunnel = match &args.default_tunnel {
+            Some(name) => Some(
+                crate::registry::check_tunnel_name(name)
+                    .with_context(|| format!("invalid --default-tunnel {name:?}"))?,
+            ),
+            None => None,
+        };
+
         let mut config = Config::new(args.http, args.quic, args.token);
+        config.default_tunnel = default_tunnel;
         config.domain = domain;
         config.declared_tunnels = declared;
         config.only_declared = args.only_declared;

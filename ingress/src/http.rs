@@ -57,7 +57,14 @@ async fn handle(
     peer: SocketAddr,
     state: Arc<State>,
 ) -> Response<ProxyBody> {
-    let tunnel = match tunnel_name(&request, &state.config.domain) {
+    let routed = match (
+        tunnel_name(&request, &state.config.domain),
+        &state.config.default_tunnel,
+    ) {
+        (Err(ProxyError::ForeignHost(_)), Some(default)) => Ok(default.clone()),
+        (routed, _) => routed,
+    };
+    let tunnel = match routed {
         Ok(tunnel) => tunnel,
         Err(err) => {
             tracing::debug!(error = %err, "request not routed");

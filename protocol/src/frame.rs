@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 pub enum Frame {
     /// First frame of the control stream, sent by the agent.
     Hello(Hello),
-    /// The ingress's answer to [`Frame::Hello`].
+    /// The ingress's reply to [`Frame::Hello`].
     HelloReply(HelloReply),
     /// First frame of a request stream, sent by the ingress.
     RequestHead(RequestHead),
-    /// First frame the agent sends back on a request stream when the upstream answered.
+    /// First frame the agent sends back on a request stream once the upstream has responded.
     ResponseHead(ResponseHead),
     /// A piece of a request or response body.
     Data(Bytes),
@@ -134,7 +134,7 @@ impl fmt::Debug for Hello {
     }
 }
 
-/// The ingress's answer to a hello.
+/// The ingress's reply to a hello.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloReply {
     Accepted {
@@ -148,7 +148,7 @@ pub enum HelloReply {
     },
 }
 
-/// Why the ingress refused a hello.
+/// Reason the ingress rejected a hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RefuseReason {
     BadToken,
@@ -160,7 +160,7 @@ pub enum RefuseReason {
 }
 
 impl RefuseReason {
-    /// Whether an agent can expect a later attempt with the same settings to succeed.
+    /// Returns whether a later attempt with the same settings can succeed.
     pub fn is_retryable(self) -> bool {
         matches!(self, Self::NameTaken | Self::RateLimited)
     }
@@ -186,6 +186,7 @@ pub struct RequestHead {
     pub scheme: String,
     /// End-to-end fields in the order the client sent them, duplicates kept.
     pub headers: Vec<Header>,
+    /// Address and port of the public client. IPv6 flow info and scope id are not carried.
     pub client_addr: SocketAddr,
     /// The client asked for a protocol upgrade (`Connection: upgrade` with `Upgrade`).
     pub upgrade: bool,
@@ -198,7 +199,7 @@ pub struct ResponseHead {
     pub headers: Vec<Header>,
 }
 
-/// Why the agent could not get a response from the upstream.
+/// Report that the agent could not get a response from the upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     pub kind: FailureKind,

@@ -48,7 +48,7 @@ impl tower_service::Service<Name> for LoopbackResolver {
     }
 }
 
-/// A pooled client for `protocol`.
+/// Builds a pooled client for `protocol`.
 pub fn client(protocol: Protocol) -> Client<HttpConnector<LoopbackResolver>, TestBody> {
     let mut connector = HttpConnector::new_with_resolver(LoopbackResolver);
     connector.set_nodelay(true);

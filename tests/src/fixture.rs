@@ -345,7 +345,7 @@ fn websocket(
         .headers()
         .get("sec-websocket-protocol")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').map(str::trim).last().map(str::to_string));
+        .and_then(|v| v.split(',').map(str::trim).next_back().map(str::to_string));
     let on_upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {

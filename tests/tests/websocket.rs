@@ -117,7 +117,7 @@ async fn client_close_code_reaches_server() {
         reason: "client done".into(),
     };
     socket.close(Some(frame)).await.expect("send close");
-    // The server answers the close; the socket then ends.
+    // The server replies to the close, then the socket ends.
     while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), socket.next()).await {}
 
     let deadline = std::time::Instant::now() + Duration::from_secs(3);

@@ -330,7 +330,8 @@ mod tests {
         for _ in 0..8 {
             delays.push(backoff.next_delay());
         }
-        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        assert!(delays[0] >= Duration::from_millis(50));
+        assert!(delays[0] <= Duration::from_millis(100));
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
         assert!(delays[7] >= Duration::from_secs(1));
         backoff.reset();

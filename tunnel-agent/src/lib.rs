@@ -29,7 +29,7 @@ pub enum Status {
     Refused { message: String },
 }
 
-/// Why an agent stopped for good.
+/// Error that stops an agent for good.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("ingress refused the agent ({reason:?}): {message}")]

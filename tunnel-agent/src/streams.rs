@@ -94,7 +94,7 @@ async fn forward_http(
     };
 
     // The ingress stops the stream when its client leaves or its header timeout fires; drop the
-    // upstream request then instead of waiting for an answer nobody reads.
+    // upstream request then instead of waiting for a response that no client will read.
     let stopped = send.stopped();
     let response = tokio::select! {
         response = context.upstreams.send(upstream, request) => response,

@@ -17,7 +17,7 @@ use crate::config::{Config, TrustAnchor};
 ///
 /// # Errors
 ///
-/// Returns an error when the CA file cannot be read or holds no certificate.
+/// Returns an error when the CA file cannot be read or contains no certificate.
 pub(crate) fn client_config(config: &Config) -> anyhow::Result<quinn::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -57,7 +57,7 @@ pub(crate) fn client_config(config: &Config) -> anyhow::Result<quinn::ClientConf
 }
 
 /// Accepts exactly one certificate, named by its SHA-256, and still checks that the server
-/// holds its private key through the handshake signature.
+/// has its private key through the handshake signature.
 #[derive(Debug)]
 struct PinnedCert {
     fingerprint: [u8; 32],
