@@ -7,7 +7,6 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use protocol::{Frame, HttpVersion, RequestHead, ResponseHead};
 use quinn::{RecvStream, SendStream};
 use tracing::Instrument;
@@ -258,7 +257,7 @@ async fn splice_upgrade(on_upgrade: OnUpgrade, send: SendStream, reader: FrameRe
             return;
         }
     };
-    match transport::splice(TokioIo::new(upgraded), send, recv, pending).await {
+    match transport::splice_upgraded(upgraded, send, recv, pending).await {
         Ok(outcome) => tracing::debug!(
             to_agent = outcome.to_stream,
             to_client = outcome.from_stream,

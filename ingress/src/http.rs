@@ -8,8 +8,9 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
@@ -25,7 +26,7 @@ pub(crate) async fn accept_clients(listener: TcpListener, state: Arc<State>) {
                 // Running out of file descriptors is the usual cause; back off instead of
                 // spinning on the same error.
                 tracing::warn!(%err, "failed to accept public connection");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -43,14 +44,62 @@ async fn serve_client(stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
         async move { Ok::<_, Infallible>(handle(request, peer, state).await) }
     });
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(hyper_util::rt::TokioTimer::new());
-    builder.http2().timer(hyper_util::rt::TokioTimer::new());
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    if let Err(err) = connection.await {
+    // The protocol is picked by peeking at the first bytes instead of letting hyper-util's
+    // auto builder do it, because the auto builder wraps the socket in a private type and an
+    // upgraded connection could then not be taken back as the plain socket that the buffer-free
+    // splice needs.
+    let result = match starts_with_h2_preface(&stream).await {
+        Ok(true) => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new());
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+        }
+        Ok(false) => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new());
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await
+        }
+        Err(err) => {
+            tracing::debug!(error = %err, "public connection failed before the first request");
+            return;
+        }
+    };
+    if let Err(err) = result {
         tracing::debug!(error = %err, "public connection ended with an error");
     }
 }
+
+/// Returns whether the client opened with the HTTP/2 connection preface (prior knowledge),
+/// without consuming any bytes. Waits at most [`PREFACE_TIMEOUT`] for enough bytes to decide.
+async fn starts_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let deadline = tokio::time::Instant::now() + PREFACE_TIMEOUT;
+    let mut buf = [0u8; 24];
+    loop {
+        let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "no request bytes in time")
+            })??;
+        if peeked == 0 || buf[..peeked] != PREFACE[..peeked] {
+            return Ok(false);
+        }
+        if peeked == PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of the preface arrived; peeking again at once would return the same bytes, so
+        // wait a little for the rest.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Time a new connection has to send enough bytes to tell HTTP/1.1 from HTTP/2.
+const PREFACE_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn handle(
     request: Request<Incoming>,

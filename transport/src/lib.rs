@@ -20,7 +20,7 @@ pub use frames::{write_data, write_frame, FrameReader, ReadFrameError, WriteFram
 pub use headers::{
     from_wire, is_upgrade_request, remove_hop_by_hop, to_wire, InvalidHeader, HOP_BY_HOP,
 };
-pub use splice::{splice, SpliceOutcome};
+pub use splice::{splice, splice_tcp, splice_upgraded, SpliceOutcome};
 
 /// Converts one of the `protocol::code` values into the QUIC type.
 pub fn code(value: u32) -> quinn::VarInt {

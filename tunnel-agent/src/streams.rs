@@ -8,7 +8,6 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use protocol::{Failure, FailureKind, Frame, RequestHead, ResponseHead};
 use quinn::{RecvStream, SendStream};
 use transport::{
@@ -209,7 +208,7 @@ async fn forward_upgrade(
         }
     };
     let (recv, pending) = reader.into_parts();
-    match transport::splice(TokioIo::new(upgraded), send, recv, pending).await {
+    match transport::splice_upgraded(upgraded, send, recv, pending).await {
         Ok(outcome) => tracing::debug!(
             to_ingress = outcome.to_stream,
             to_upstream = outcome.from_stream,
