@@ -30,12 +30,11 @@ pub(crate) async fn forward(
     client_addr: SocketAddr,
     state: &State,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let agent = state.registry.pick(&tunnel)?;
     let lost = |err: &dyn std::fmt::Display| ProxyError::AgentLost {
         tunnel: tunnel.clone(),
         reason: err.to_string(),
     };
-    let (mut send, recv) = agent.connection.open_bi().await.map_err(|err| lost(&err))?;
+    let (mut send, recv) = open_stream(&tunnel, state).await?;
     let stream_id = send.id().index();
 
     // Only HTTP/1.1 has the Upgrade mechanism; HTTP/2 extended CONNECT is not supported yet, so
@@ -124,6 +123,29 @@ pub(crate) async fn forward(
     *response.headers_mut() = headers;
     Ok(response)
 }
+
+/// Opens a stream to an agent of `tunnel`. An agent whose connection fails at this point has
+/// seen nothing of the request, so the next agent is tried, up to [`OPEN_ATTEMPTS`] in all.
+async fn open_stream(tunnel: &str, state: &State) -> Result<(SendStream, RecvStream), ProxyError> {
+    let mut last_error = None;
+    for _ in 0..OPEN_ATTEMPTS {
+        let agent = state.registry.pick(tunnel)?;
+        match agent.connection.open_bi().await {
+            Ok(stream) => return Ok(stream),
+            Err(err) => {
+                tracing::debug!(agent_id = agent.id, error = %err, "agent connection failed; trying another");
+                state.registry.remove(agent.id);
+                last_error = Some(err);
+            }
+        }
+    }
+    Err(ProxyError::AgentLost {
+        tunnel: tunnel.to_string(),
+        reason: last_error.map(|err| err.to_string()).unwrap_or_default(),
+    })
+}
+
+const OPEN_ATTEMPTS: usize = 3;
 
 fn request_head(
     parts: &http::request::Parts,

@@ -69,7 +69,9 @@ impl Ingress {
             .with_context(|| format!("failed to listen for QUIC on udp/{}", config.quic_addr))?;
         let http_port = listener.local_addr()?.port();
 
-        let registry = Arc::new(registry::Registry::new(&config.declared_tunnels));
+        let mut known = config.declared_tunnels.clone();
+        known.extend(registry::load_known_names(&config.state_dir));
+        let registry = Arc::new(registry::Registry::new(&known));
         let state = Arc::new(State {
             config,
             registry,

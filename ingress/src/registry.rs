@@ -1,7 +1,9 @@
 //! Map from tunnel names to the agents that serve them.
 
 use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -103,6 +105,40 @@ impl Registry {
         self.tunnels
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// File in the state directory listing every tunnel name an agent has served, one per line, so
+/// that after a restart those names get 502 (agent not back yet) instead of 404.
+const KNOWN_NAMES_FILE: &str = "known-tunnels";
+
+/// Reads the names recorded by [`remember_names`]; a missing or unreadable file gives none.
+pub(crate) fn load_known_names(state_dir: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(state_dir.join(KNOWN_NAMES_FILE)) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| check_tunnel_name(line.trim()).ok())
+        .collect()
+}
+
+/// Appends the names in `names` that the file does not list yet.
+pub(crate) fn remember_names(state_dir: &Path, names: &[String]) {
+    let known = load_known_names(state_dir);
+    let new: Vec<&String> = names.iter().filter(|name| !known.contains(name)).collect();
+    if new.is_empty() {
+        return;
+    }
+    let path = state_dir.join(KNOWN_NAMES_FILE);
+    let written = std::fs::create_dir_all(state_dir).and_then(|()| {
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        for name in new {
+            writeln!(file, "{name}")?;
+        }
+        Ok(())
+    });
+    if let Err(err) = written {
+        tracing::warn!(path = %path.display(), %err, "failed to record tunnel names");
     }
 }
 

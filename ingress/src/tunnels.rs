@@ -94,6 +94,7 @@ async fn handshake(
         .await
         .context("failed to send hello reply")?;
     state.registry.register(&names, &agent);
+    crate::registry::remember_names(&state.config.state_dir, &names);
     tracing::info!(
         agent_id = agent.id,
         tunnels = %names.join(","),

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod fixture;
+pub mod relay;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -83,6 +84,7 @@ impl RunningIngress {
 /// A running agent.
 pub struct RunningAgent {
     pub status: watch::Receiver<Status>,
+    pub rebinder: tunnel_agent::Rebinder,
     stop: Option<oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<Result<(), tunnel_agent::AgentError>>,
 }
@@ -115,12 +117,14 @@ impl RunningAgent {
         config.upstream_connect_timeout = Duration::from_secs(2);
         let agent = Agent::new(config)?;
         let status = agent.status();
+        let rebinder = agent.rebinder();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(agent.run(async {
             let _ = stopped.await;
         }));
         Ok(RunningAgent {
             status,
+            rebinder,
             stop: Some(stop),
             task,
         })

@@ -82,7 +82,12 @@ pub fn bind_endpoint(
 // default of about 200 KiB drops datagrams in bursts on a fast link.
 const UDP_BUFFER: usize = 8 * 1024 * 1024;
 
-fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+/// Binds a UDP socket with large buffers, for [`bind_endpoint`] or `Endpoint::rebind`.
+///
+/// # Errors
+///
+/// Returns an error when the socket cannot be created or bound to `addr`.
+pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         // Accept IPv4-mapped peers too when bound to [::].

@@ -27,6 +27,7 @@ pub(crate) async fn run(
     client_config: quinn::ClientConfig,
     context: Arc<StreamContext>,
     status: watch::Sender<Status>,
+    mut rebind: watch::Receiver<u64>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let mut shutdown = std::pin::pin!(shutdown);
@@ -48,7 +49,9 @@ pub(crate) async fn run(
                 let _ = status.send(Status::Connected {
                     urls: session.urls.clone(),
                 });
-                match serve(session, &context, &config, shutdown.as_mut()).await {
+                let local = endpoint.as_ref().map(|(endpoint, _)| endpoint.clone());
+                let serving = serve(session, &context, &config, local, &mut rebind, shutdown.as_mut());
+                match serving.await {
                     SessionEnd::Shutdown => return Ok(()),
                     SessionEnd::Lost(reason) => {
                         tracing::warn!(%reason, "tunnel down; reconnecting");
@@ -213,6 +216,8 @@ async fn serve(
     mut session: Session,
     context: &Arc<StreamContext>,
     config: &Config,
+    endpoint: Option<Endpoint>,
+    rebind: &mut watch::Receiver<u64>,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> SessionEnd {
     let tracker = TaskTracker::new();
@@ -221,6 +226,7 @@ async fn serve(
         tokio::select! {
             biased;
             _ = shutdown.as_mut() => break,
+            Ok(()) = rebind.changed() => rebind_socket(endpoint.as_ref(), &session),
             stream = session.connection.accept_bi() => match stream {
                 Ok((send, recv)) => spawn_stream(&tracker, send, recv, context),
                 Err(err) => return SessionEnd::Lost(err.to_string()),
@@ -236,6 +242,25 @@ async fn serve(
 
     drain(session, tracker, context, config).await;
     SessionEnd::Shutdown
+}
+
+/// Moves the endpoint to a new UDP socket on a new port. The connection migrates: the ingress
+/// validates the new path and carries on, with streams intact.
+fn rebind_socket(endpoint: Option<&Endpoint>, session: &Session) {
+    let Some(endpoint) = endpoint else {
+        return;
+    };
+    let bind: SocketAddr = if session.peer.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let result = transport::bind_udp(bind).and_then(|socket| endpoint.rebind(socket));
+    match (result, endpoint.local_addr()) {
+        (Ok(()), Ok(local)) => tracing::info!(%local, "rebound UDP socket; connection migrates"),
+        (Ok(()), Err(_)) => tracing::info!("rebound UDP socket; connection migrates"),
+        (Err(err), _) => tracing::warn!(%err, "failed to rebind UDP socket"),
+    }
 }
 
 fn spawn_stream(

@@ -39,11 +39,23 @@ pub enum AgentError {
     },
 }
 
+/// Handle that asks a running agent to rebind its UDP socket.
+#[derive(Debug, Clone)]
+pub struct Rebinder(watch::Sender<u64>);
+
+impl Rebinder {
+    /// Asks the agent to move to a new local UDP port.
+    pub fn rebind(&self) {
+        self.0.send_modify(|generation| *generation += 1);
+    }
+}
+
 /// A configured agent, ready to [`run`](Agent::run).
 pub struct Agent {
     config: Config,
     client_config: quinn::ClientConfig,
     status: watch::Sender<Status>,
+    rebind: watch::Sender<u64>,
 }
 
 impl Agent {
@@ -55,16 +67,24 @@ impl Agent {
     pub fn new(config: Config) -> anyhow::Result<Self> {
         let client_config = tls::client_config(&config)?;
         let (status, _) = watch::channel(Status::Connecting);
+        let (rebind, _) = watch::channel(0);
         Ok(Self {
             config,
             client_config,
             status,
+            rebind,
         })
     }
 
     /// Receiver of status changes.
     pub fn status(&self) -> watch::Receiver<Status> {
         self.status.subscribe()
+    }
+
+    /// Returns a handle that moves the agent to a new local UDP port while it runs, for
+    /// networks where the agent's address changes (the QUIC connection migrates).
+    pub fn rebinder(&self) -> Rebinder {
+        Rebinder(self.rebind.clone())
     }
 
     /// Serves until `shutdown` completes (then drains) or the ingress refuses the agent.
@@ -78,11 +98,13 @@ impl Agent {
             upstreams: upstream::Upstreams::new(&self.config),
             max_frame_len: self.config.max_frame_len,
         });
+        let rebind = self.rebind.subscribe();
         connect::run(
             self.config,
             self.client_config,
             context,
             self.status,
+            rebind,
             shutdown,
         )
         .await
