@@ -20,7 +20,7 @@ use tunnel_tests::{loopback, Fixture, RunningAgent, RunningIngress, TempDir, TOK
 
 /// An ingress and a fixture with the agent connected through a relay.
 struct Setup {
-    fixture: Fixture,
+    _fixture: Fixture,
     ingress: RunningIngress,
     relay: Relay,
     agent: RunningAgent,
@@ -48,7 +48,7 @@ impl Setup {
             .await
             .expect("tunnel up through the relay");
         Setup {
-            fixture,
+            _fixture: fixture,
             ingress,
             relay,
             agent,
