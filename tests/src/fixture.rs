@@ -55,10 +55,19 @@ impl Drop for Fixture {
 impl Fixture {
     /// Starts the fixture on an ephemeral loopback port.
     pub async fn start() -> Fixture {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
-            .expect("binding a loopback port for the fixture");
-        let addr = listener.local_addr().expect("fixture address");
+            .expect("binding a loopback port for the fixture")
+    }
+
+    /// Starts the fixture on `addr`.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error when `addr` cannot be bound.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Fixture> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let observed = Arc::new(Mutex::new(Observed::default()));
         let shared = observed.clone();
         let task = tokio::spawn(async move {
@@ -73,11 +82,11 @@ impl Fixture {
                 });
             }
         });
-        Fixture {
+        Ok(Fixture {
             addr,
             observed,
             task,
-        }
+        })
     }
 
     /// Locks and returns what the fixture observed so far.
