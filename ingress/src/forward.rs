@@ -11,8 +11,8 @@ use protocol::{Frame, HttpVersion, RequestHead, ResponseHead};
 use quinn::{RecvStream, SendStream};
 use tracing::Instrument;
 use transport::{
-    content_length, from_wire, remove_hop_by_hop, send_body, to_wire, write_frame, FrameReader,
-    RecvBody, SendBodyError,
+    content_length, from_wire, remove_hop_by_hop, remove_hop_by_hop_except_upgrade, send_body,
+    to_wire, write_frame, FrameReader, RecvBody, SendBodyError,
 };
 
 use crate::error::ProxyError;
@@ -86,15 +86,7 @@ pub(crate) async fn forward(
                 reason: "101 Switching Protocols for a request that asked for no upgrade".into(),
             });
         };
-        let upgrade_value = headers.get(http::header::UPGRADE).cloned();
-        remove_hop_by_hop(&mut headers);
-        if let Some(value) = upgrade_value {
-            headers.insert(http::header::UPGRADE, value);
-        }
-        headers.insert(
-            http::header::CONNECTION,
-            HeaderValue::from_static("upgrade"),
-        );
+        remove_hop_by_hop_except_upgrade(&mut headers);
         tokio::spawn(splice_upgrade(on_upgrade, send, reader).instrument(span));
         let mut response = Response::new(crate::full_body(bytes::Bytes::new()));
         *response.status_mut() = status;
@@ -154,19 +146,13 @@ fn request_head(
     upgrade: bool,
 ) -> RequestHead {
     let mut headers = parts.headers.clone();
-    let upgrade_value = headers.get(http::header::UPGRADE).cloned();
-    remove_hop_by_hop(&mut headers);
+    if upgrade {
+        remove_hop_by_hop_except_upgrade(&mut headers);
+    } else {
+        remove_hop_by_hop(&mut headers);
+    }
     // This side already answered `Expect: 100-continue` by reading the body.
     headers.remove(http::header::EXPECT);
-    if upgrade {
-        if let Some(value) = upgrade_value {
-            headers.insert(http::header::UPGRADE, value);
-        }
-        headers.insert(
-            http::header::CONNECTION,
-            HeaderValue::from_static("upgrade"),
-        );
-    }
     // HTTP/2 clients send the host as :authority; the HTTP/1.1 upstream needs a Host field.
     if !headers.contains_key(http::header::HOST) {
         if let Some(authority) = parts.uri.authority() {

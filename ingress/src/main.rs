@@ -8,7 +8,7 @@ use ingress::{Args, Config, Ingress};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
+    transport::process::init_tracing();
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -39,31 +39,5 @@ async fn run(args: Args) -> anyhow::Result<()> {
         config.domain,
         ingress.http_addr().port()
     );
-    ingress.run(shutdown_signal()).await
-}
-
-async fn shutdown_signal() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(err) => {
-                tracing::warn!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the ingress");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+    ingress.run(transport::process::shutdown_signal()).await
 }

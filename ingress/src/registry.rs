@@ -131,7 +131,10 @@ pub(crate) fn remember_names(state_dir: &Path, names: &[String]) {
     }
     let path = state_dir.join(KNOWN_NAMES_FILE);
     let written = std::fs::create_dir_all(state_dir).and_then(|()| {
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
         for name in new {
             writeln!(file, "{name}")?;
         }

@@ -87,6 +87,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes hop-by-hop fields like [`remove_hop_by_hop`] but keeps the `Upgrade` field and sets
+/// `Connection: upgrade`, for the head of an upgrade request or of a `101` response.
+pub fn remove_hop_by_hop_except_upgrade(headers: &mut HeaderMap) {
+    let upgrade = headers.get(UPGRADE).cloned();
+    remove_hop_by_hop(headers);
+    if let Some(value) = upgrade {
+        headers.insert(UPGRADE, value);
+    }
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
     headers
         .get_all(CONNECTION)
@@ -125,6 +136,21 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert_eq!(headers["x-kept"], "yes");
+    }
+
+    #[test]
+    fn upgrade_fields_kept_for_upgrades() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "timeout=5"),
+            ("sec-websocket-key", "abc"),
+        ]);
+        remove_hop_by_hop_except_upgrade(&mut headers);
+        assert_eq!(headers.len(), 3);
+        assert_eq!(headers["upgrade"], "websocket");
+        assert_eq!(headers["connection"], "upgrade");
+        assert_eq!(headers["sec-websocket-key"], "abc");
     }
 
     #[test]

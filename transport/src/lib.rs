@@ -11,6 +11,7 @@ mod duration;
 mod endpoint;
 mod frames;
 mod headers;
+pub mod process;
 mod splice;
 
 pub use body::{content_length, send_body, RecvBody, RecvBodyError, SendBodyError};
@@ -18,7 +19,8 @@ pub use duration::parse_duration;
 pub use endpoint::{bind_endpoint, bind_udp, transport_config, TransportLimits};
 pub use frames::{write_data, write_frame, FrameReader, ReadFrameError, WriteFrameError};
 pub use headers::{
-    from_wire, is_upgrade_request, remove_hop_by_hop, to_wire, InvalidHeader, HOP_BY_HOP,
+    from_wire, is_upgrade_request, remove_hop_by_hop, remove_hop_by_hop_except_upgrade, to_wire,
+    InvalidHeader, HOP_BY_HOP,
 };
 pub use splice::{splice, splice_tcp, splice_upgraded, SpliceOutcome};
 

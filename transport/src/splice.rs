@@ -125,7 +125,9 @@ pub async fn splice_upgraded(
     match upgraded.downcast::<hyper_util::rt::TokioIo<TcpStream>>() {
         Ok(parts) => splice_tcp(parts.io.into_inner(), parts.read_buf, send, recv, pending).await,
         Err(upgraded) => {
-            tracing::debug!("upgraded connection is not a plain TCP socket; copying through buffers");
+            tracing::debug!(
+                "upgraded connection is not a plain TCP socket; copying through buffers"
+            );
             let local = hyper_util::rt::TokioIo::new(upgraded);
             splice(local, send, recv, pending).await
         }

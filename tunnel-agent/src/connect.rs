@@ -50,7 +50,14 @@ pub(crate) async fn run(
                     urls: session.urls.clone(),
                 });
                 let local = endpoint.as_ref().map(|(endpoint, _)| endpoint.clone());
-                let serving = serve(session, &context, &config, local, &mut rebind, shutdown.as_mut());
+                let serving = serve(
+                    session,
+                    &context,
+                    &config,
+                    local,
+                    &mut rebind,
+                    shutdown.as_mut(),
+                );
                 match serving.await {
                     SessionEnd::Shutdown => return Ok(()),
                     SessionEnd::Lost(reason) => {

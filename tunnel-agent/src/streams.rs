@@ -11,8 +11,8 @@ use hyper::body::Incoming;
 use protocol::{Failure, FailureKind, Frame, RequestHead, ResponseHead};
 use quinn::{RecvStream, SendStream};
 use transport::{
-    content_length, remove_hop_by_hop, send_body, to_wire, write_frame, FrameReader, RecvBody,
-    SendBodyError,
+    content_length, remove_hop_by_hop, remove_hop_by_hop_except_upgrade, send_body, to_wire,
+    write_frame, FrameReader, RecvBody, SendBodyError,
 };
 
 use crate::upstream::{build_request, Upstreams};
@@ -179,15 +179,7 @@ async fn forward_upgrade(
 
     let on_upgrade = hyper::upgrade::on(&mut response);
     let mut headers = response.headers().clone();
-    let upgrade_value = headers.get(http::header::UPGRADE).cloned();
-    remove_hop_by_hop(&mut headers);
-    if let Some(value) = upgrade_value {
-        headers.insert(http::header::UPGRADE, value);
-    }
-    headers.insert(
-        http::header::CONNECTION,
-        HeaderValue::from_static("upgrade"),
-    );
+    remove_hop_by_hop_except_upgrade(&mut headers);
     let head = Frame::ResponseHead(ResponseHead {
         status: StatusCode::SWITCHING_PROTOCOLS.as_u16(),
         headers: to_wire(&headers),

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use protocol::{Failure, FailureKind, RequestHead};
 use tokio::net::TcpStream;
-use transport::{from_wire, remove_hop_by_hop, RecvBody};
+use transport::{from_wire, remove_hop_by_hop, remove_hop_by_hop_except_upgrade, RecvBody};
 
 use crate::config::{Config, Upstream, UpstreamProtocol};
 
@@ -124,16 +124,10 @@ pub(crate) fn build_request<B>(
         .map_err(|_| bad(format!("invalid method {:?}", head.method)))?;
     let mut headers = from_wire(head.headers).map_err(|err| bad(err.to_string()))?;
 
-    let upgrade_value = headers.get(http::header::UPGRADE).cloned();
-    remove_hop_by_hop(&mut headers);
     if head.upgrade {
-        if let Some(value) = upgrade_value {
-            headers.insert(http::header::UPGRADE, value);
-        }
-        headers.insert(
-            http::header::CONNECTION,
-            HeaderValue::from_static("upgrade"),
-        );
+        remove_hop_by_hop_except_upgrade(&mut headers);
+    } else {
+        remove_hop_by_hop(&mut headers);
     }
     set_forwarded(&mut headers, &head.scheme, head.client_addr.ip());
 
