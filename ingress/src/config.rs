@@ -63,6 +63,10 @@ pub struct Args {
     #[arg(long, env = "INGRESS_RESPONSE_HEADER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub response_header_timeout: Duration,
 
+    /// Time in-flight requests get to finish after SIGTERM before connections are closed.
+    #[arg(long, env = "INGRESS_DRAIN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub drain_grace: Duration,
+
     /// Maximum number of requests in flight to one agent; more wait for a free stream.
     #[arg(long, env = "INGRESS_MAX_STREAMS_PER_AGENT", default_value_t = 4096)]
     pub max_streams_per_agent: u32,
@@ -83,6 +87,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub quic_identity: Option<(PathBuf, PathBuf)>,
     pub response_header_timeout: Duration,
+    /// Time in-flight requests get to finish on shutdown.
+    pub drain_grace: Duration,
     /// Time an agent has to finish the QUIC and hello handshake.
     pub handshake_timeout: Duration,
     pub max_frame_len: u32,
@@ -103,6 +109,7 @@ impl Config {
             state_dir: PathBuf::from("ingress-state"),
             quic_identity: None,
             response_header_timeout: Duration::from_secs(60),
+            drain_grace: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             max_frame_len: protocol::MAX_FRAME_LEN,
             transport: TransportLimits::default(),
@@ -147,6 +154,7 @@ impl TryFrom<Args> for Config {
         config.state_dir = args.state_dir;
         config.quic_identity = args.quic_cert.zip(args.quic_key);
         config.response_header_timeout = args.response_header_timeout;
+        config.drain_grace = args.drain_grace;
         config.transport.max_concurrent_streams = args.max_streams_per_agent;
         Ok(config)
     }

@@ -2,7 +2,9 @@
 //! each, and routes every request by its Host to a tunnel.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -12,13 +14,20 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::error::ProxyError;
 use crate::{forward, ProxyBody, State};
 
 /// Accepts public connections until the listener fails.
-pub(crate) async fn accept_clients(listener: TcpListener, state: Arc<State>) {
+pub(crate) async fn accept_clients(
+    listener: TcpListener,
+    state: Arc<State>,
+    connections: TaskTracker,
+    draining: watch::Receiver<bool>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -31,11 +40,17 @@ pub(crate) async fn accept_clients(listener: TcpListener, state: Arc<State>) {
             }
         };
         let span = tracing::debug_span!("client", %peer);
-        tokio::spawn(serve_client(stream, peer, state.clone()).instrument(span));
+        let serve = serve_client(stream, peer, state.clone(), draining.clone());
+        connections.spawn(serve.instrument(span));
     }
 }
 
-async fn serve_client(stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
+async fn serve_client(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<State>,
+    draining: watch::Receiver<bool>,
+) {
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(%err, "failed to set TCP_NODELAY");
     }
@@ -52,17 +67,16 @@ async fn serve_client(stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
         Ok(true) => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder.timer(TokioTimer::new());
-            builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            drive(connection, draining).await
         }
         Ok(false) => {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new());
-            builder
+            let connection = builder
                 .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await
+                .with_upgrades();
+            drive(connection, draining).await
         }
         Err(err) => {
             tracing::debug!(error = %err, "public connection failed before the first request");
@@ -72,6 +86,53 @@ async fn serve_client(stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
     if let Err(err) = result {
         tracing::debug!(error = %err, "public connection ended with an error");
     }
+}
+
+/// A hyper server connection that can be asked to finish its in-flight requests and close.
+trait Drainable: Future<Output = hyper::Result<()>> {
+    fn start_draining(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Drainable for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn start_draining(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B, E> Drainable for hyper::server::conn::http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn start_draining(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Runs `connection` to its end; once `draining` turns true it finishes the requests in
+/// flight (HTTP/2 sends GOAWAY) and closes.
+async fn drive<C: Drainable>(
+    connection: C,
+    mut draining: watch::Receiver<bool>,
+) -> hyper::Result<()> {
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => return result,
+        _ = draining.wait_for(|draining| *draining) => {}
+    }
+    connection.as_mut().start_draining();
+    connection.await
 }
 
 /// Returns whether the client opened with the HTTP/2 connection preface (prior knowledge),

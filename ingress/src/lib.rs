@@ -25,6 +25,8 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 pub use crate::config::{Args, Config};
 pub use crate::error::ProxyError;
@@ -111,12 +113,35 @@ impl Ingress {
     /// Returns an error only if a listener task panicked.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let state = self.state.clone();
-        let clients = tokio::spawn(http::accept_clients(self.listener, state.clone()));
+        let connections = TaskTracker::new();
+        let (draining, drain_signal) = watch::channel(false);
+        let clients = tokio::spawn(http::accept_clients(
+            self.listener,
+            state.clone(),
+            connections.clone(),
+            drain_signal,
+        ));
         let agents = tokio::spawn(tunnels::accept_agents(self.endpoint.clone(), state));
 
         shutdown.await;
-        tracing::info!("shutting down");
+        let grace = self.state.config.drain_grace;
+        tracing::info!(
+            open_connections = connections.len(),
+            ?grace,
+            "shutting down: no new connections, finishing requests in flight"
+        );
         clients.abort();
+        let _ = draining.send(true);
+        connections.close();
+        if tokio::time::timeout(grace, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open_connections = connections.len(),
+                "drain grace period over; closing connections with requests in flight"
+            );
+        }
         self.endpoint.close(
             transport::code(protocol::code::SHUTDOWN),
             b"ingress shutting down",

@@ -389,3 +389,38 @@ async fn rolling_restart_loses_no_request() {
     }
     assert!(total >= 20, "only {total} requests ran");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_shutdown_finishes_requests() {
+    let tunnel = tunnel_tests::Tunnel::start().await;
+    let tunnel_tests::Tunnel {
+        fixture,
+        ingress,
+        agent,
+        state_dir,
+    } = tunnel;
+    let url = format!(
+        "http://app.localhost:{}/drip?lines=10&interval_ms=100",
+        ingress.http_addr.port()
+    );
+    let in_flight =
+        tokio::spawn(async move { collect(client::get(Protocol::Http1, &url).await).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    ingress.stop().await;
+    let stopped_after = started.elapsed();
+    let response = in_flight.await.expect("request task");
+    assert_eq!(response.status, 200);
+    assert_eq!(String::from_utf8_lossy(&response.body).lines().count(), 10);
+    // It waited for the request (about 0.7 s left) but not for the whole grace period.
+    assert!(
+        stopped_after >= Duration::from_millis(400),
+        "stopped after {stopped_after:?}"
+    );
+    assert!(
+        stopped_after < Duration::from_secs(5),
+        "stopped after {stopped_after:?}"
+    );
+    drop((fixture, agent, state_dir));
+}
