@@ -183,6 +183,11 @@ async fn handle(
     };
     match forward::forward(request, tunnel, peer, &state).await {
         Ok(response) => response,
+        Err(err @ ProxyError::BadResponse { .. }) => {
+            // The agent broke the protocol: worth an operator's attention, unlike a dead upstream.
+            tracing::warn!(error = %err, "invalid response from agent");
+            err.into_response()
+        }
         Err(err) => {
             tracing::debug!(error = %err, status = err.status().as_u16(), "request failed");
             err.into_response()

@@ -184,32 +184,75 @@ async fn refuse(
 const REFUSAL_GRACE: Duration = Duration::from_secs(2);
 
 /// Reads the rest of the control stream. A drain frame takes the agent out of rotation while
-/// its in-flight streams finish; the connection's end removes it for good.
+/// its in-flight streams finish; the connection's end removes it for good. A stream the agent
+/// opens itself is not part of the protocol and closes its connection.
 async fn watch_control(
     mut reader: FrameReader,
     _send: SendStream,
     agent: Agent,
     registry: Arc<crate::registry::Registry>,
 ) {
+    let mut control_open = true;
     loop {
-        match reader.next().await {
-            Ok(Some(Frame::Drain)) => {
-                tracing::info!(agent_id = agent.id, peer = %agent.peer, "agent is draining");
-                registry.remove(agent.id);
+        tokio::select! {
+            frame = reader.next(), if control_open => {
+                control_open = on_control_frame(frame, &agent, &registry);
             }
-            Ok(Some(other)) => {
-                tracing::warn!(
-                    agent_id = agent.id,
-                    frame = other.frame_type().name(),
-                    "unexpected frame on control stream; closing agent connection"
-                );
-                agent.connection.close(
-                    transport::code(protocol::code::PROTOCOL_ERROR),
-                    b"unexpected frame on control stream",
-                );
-                return;
-            }
-            Ok(None) | Err(_) => return,
+            stream = agent.connection.accept_bi() => match stream {
+                Ok((send, recv)) => reject_agent_stream(send, recv, &agent),
+                Err(_) => return,
+            },
         }
     }
+}
+
+/// Handles one control-stream read; returns whether the control stream is still open.
+fn on_control_frame(
+    frame: Result<Option<Frame>, transport::ReadFrameError>,
+    agent: &Agent,
+    registry: &crate::registry::Registry,
+) -> bool {
+    match frame {
+        Ok(Some(Frame::Drain)) => {
+            tracing::info!(agent_id = agent.id, peer = %agent.peer, "agent is draining");
+            registry.remove(agent.id);
+            true
+        }
+        Ok(Some(other)) => {
+            tracing::warn!(
+                agent_id = agent.id,
+                frame = other.frame_type().name(),
+                "unexpected frame on control stream; closing agent connection"
+            );
+            agent.connection.close(
+                transport::code(protocol::code::PROTOCOL_ERROR),
+                b"unexpected frame on control stream",
+            );
+            false
+        }
+        Ok(None) => false,
+        Err(err) => {
+            tracing::warn!(agent_id = agent.id, error = %err, "invalid control stream; closing agent connection");
+            agent.connection.close(
+                transport::code(protocol::code::PROTOCOL_ERROR),
+                b"invalid control stream",
+            );
+            false
+        }
+    }
+}
+
+fn reject_agent_stream(mut send: SendStream, mut recv: quinn::RecvStream, agent: &Agent) {
+    tracing::warn!(
+        agent_id = agent.id,
+        peer = %agent.peer,
+        "agent opened a stream of its own; closing agent connection"
+    );
+    let code = transport::code(protocol::code::PROTOCOL_ERROR);
+    let _ = send.reset(code);
+    let _ = recv.stop(code);
+    agent.connection.close(
+        code,
+        b"agents may not open streams after the control stream",
+    );
 }

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod fixture;
 pub mod relay;
+pub mod rogue;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
