@@ -27,9 +27,24 @@ pub struct Args {
     #[arg(long, env = "INGRESS_DOMAIN", default_value = "localhost")]
     pub domain: String,
 
-    /// Shared secret that agents present in their hello.
-    #[arg(long, env = "INGRESS_TOKEN", hide_env_values = true)]
-    pub token: String,
+    /// Shared secret that agents present in their hello; it may serve any tunnel name.
+    #[arg(
+        long,
+        env = "INGRESS_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "tokens_file"
+    )]
+    pub token: Option<String>,
+
+    /// TOML file mapping each token to the tunnel names it may serve, as
+    /// `[tokens]` then `"SECRET" = ["app", "api"]` (`"*"` for any name). Reloaded on SIGHUP.
+    #[arg(long, env = "INGRESS_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Failed agent handshakes allowed per source address per minute before that address is
+    /// refused for the rest of the minute.
+    #[arg(long, env = "INGRESS_MAX_FAILED_HANDSHAKES", default_value_t = 10)]
+    pub max_failed_handshakes: u32,
 
     /// Tunnel names known before any agent connects. Requests for them get 502 rather than 404
     /// while no agent serves them. Names outside the list are still accepted from agents
@@ -79,7 +94,12 @@ pub struct Config {
     pub quic_addr: SocketAddr,
     /// Lower-case domain without a leading or trailing dot.
     pub domain: String,
-    pub token: String,
+    /// Token that may serve any name.
+    pub token: Option<String>,
+    /// Tokens file, read at start and on reload.
+    pub tokens_file: Option<PathBuf>,
+    /// Failed handshakes allowed per source address per minute.
+    pub max_failed_handshakes: u32,
     pub declared_tunnels: BTreeSet<String>,
     pub only_declared: bool,
     /// Tunnel for requests whose Host is not under `domain`.
@@ -98,11 +118,20 @@ pub struct Config {
 impl Config {
     /// Builds a configuration with defaults for everything but the addresses and the token.
     pub fn new(http_addr: SocketAddr, quic_addr: SocketAddr, token: impl Into<String>) -> Self {
+        let mut config = Self::without_token(http_addr, quic_addr);
+        config.token = Some(token.into());
+        config
+    }
+
+    /// Builds a configuration with no bare token, for use with a tokens file.
+    pub fn without_token(http_addr: SocketAddr, quic_addr: SocketAddr) -> Self {
         Self {
             http_addr,
             quic_addr,
             domain: "localhost".into(),
-            token: token.into(),
+            token: None,
+            tokens_file: None,
+            max_failed_handshakes: 10,
             declared_tunnels: BTreeSet::new(),
             only_declared: false,
             default_tunnel: None,
@@ -121,7 +150,7 @@ impl TryFrom<Args> for Config {
     type Error = anyhow::Error;
 
     fn try_from(args: Args) -> anyhow::Result<Self> {
-        if args.token.is_empty() {
+        if args.token.as_deref() == Some("") {
             bail!("--token must not be empty");
         }
         let domain = normalize_domain(&args.domain)?;
@@ -146,7 +175,10 @@ impl TryFrom<Args> for Config {
             None => None,
         };
 
-        let mut config = Config::new(args.http, args.quic, args.token);
+        let mut config = Config::without_token(args.http, args.quic);
+        config.token = args.token;
+        config.tokens_file = args.tokens_file;
+        config.max_failed_handshakes = args.max_failed_handshakes;
         config.default_tunnel = default_tunnel;
         config.domain = domain;
         config.declared_tunnels = declared;

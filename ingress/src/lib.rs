@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+mod auth;
 mod config;
 mod error;
 mod forward;
@@ -18,7 +19,8 @@ mod tunnels;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -50,6 +52,8 @@ pub struct Ingress {
 pub(crate) struct State {
     config: Config,
     registry: Arc<registry::Registry>,
+    tokens: RwLock<Arc<auth::Tokens>>,
+    failures: auth::FailureLimiter,
     http_port: u16,
 }
 
@@ -60,6 +64,7 @@ impl Ingress {
     ///
     /// Returns an error naming the address or file that failed.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let tokens = auth::Tokens::load(config.token.as_deref(), config.tokens_file.as_deref())?;
         let identity = tls::load_identity(&config)?;
         let cert_sha256 = identity.fingerprint();
         let server_config = tls::server_config(identity, &config)?;
@@ -74,9 +79,13 @@ impl Ingress {
         let mut known = config.declared_tunnels.clone();
         known.extend(registry::load_known_names(&config.state_dir));
         let registry = Arc::new(registry::Registry::new(&known));
+        let failures =
+            auth::FailureLimiter::new(config.max_failed_handshakes, Duration::from_secs(60));
         let state = Arc::new(State {
             config,
             registry,
+            tokens: RwLock::new(Arc::new(tokens)),
+            failures,
             http_port,
         });
         Ok(Self {
@@ -104,6 +113,11 @@ impl Ingress {
     /// Lower-case hex SHA-256 of the QUIC certificate, for the agent's `--cert-sha256`.
     pub fn cert_sha256(&self) -> &str {
         &self.cert_sha256
+    }
+
+    /// Returns a handle that re-reads the tokens file while the ingress runs.
+    pub fn token_reloader(&self) -> TokenReloader {
+        TokenReloader(self.state.clone())
     }
 
     /// Serves until `shutdown` completes, then closes every agent connection.
@@ -147,13 +161,44 @@ impl Ingress {
             b"ingress shutting down",
         );
         let _ = agents.await;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle())
-            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         Ok(())
     }
 }
 
+/// Handle that re-reads the tokens file; see [`Ingress::token_reloader`].
+#[derive(Clone)]
+pub struct TokenReloader(Arc<State>);
+
+impl TokenReloader {
+    /// Re-reads `--token` and the tokens file and uses the new set for later handshakes.
+    /// Connected agents stay connected, whether or not their token is still listed.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error, and keeps the old set, when the file cannot be read or is invalid.
+    pub fn reload(&self) -> anyhow::Result<usize> {
+        let config = &self.0.config;
+        let tokens = auth::Tokens::load(config.token.as_deref(), config.tokens_file.as_deref())?;
+        let count = tokens.len();
+        let mut current = self
+            .0
+            .tokens
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *current = Arc::new(tokens);
+        Ok(count)
+    }
+}
+
 impl State {
+    fn tokens(&self) -> Arc<auth::Tokens> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     fn public_url(&self, tunnel: &str) -> String {
         let domain = &self.config.domain;
         match self.http_port {

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ingress::{Args, Config, Ingress};
+use ingress::{Args, Config, Ingress, TokenReloader};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -39,5 +39,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         config.domain,
         ingress.http_addr().port()
     );
+    tokio::spawn(reload_on_hangup(ingress.token_reloader()));
     ingress.run(transport::process::shutdown_signal()).await
+}
+
+/// Re-reads the tokens file on every SIGHUP.
+async fn reload_on_hangup(reloader: TokenReloader) {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(err) => {
+            tracing::warn!(%err, "cannot listen for SIGHUP; the tokens file will not be reloaded");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match reloader.reload() {
+            Ok(tokens) => tracing::info!(tokens, "reloaded tokens"),
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), "failed to reload tokens; keeping the old ones")
+            }
+        }
+    }
 }

@@ -14,6 +14,8 @@ use anyhow::bail;
 pub(crate) struct Agent {
     pub id: u64,
     pub peer: SocketAddr,
+    /// Non-secret id of the token the agent authenticated with.
+    pub token_id: String,
     pub connection: quinn::Connection,
 }
 
@@ -59,16 +61,28 @@ impl Registry {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Adds `agent` as a server of each of `names`.
-    pub(crate) fn register(&self, names: &[String], agent: &Agent) {
+    /// Adds `agent` as a server of each of `names`, unless a live agent of another token serves
+    /// one of them; then nothing is added and that name is returned.
+    pub(crate) fn register(&self, names: &[String], agent: &Agent) -> Result<(), String> {
         let mut tunnels = self.lock();
         for name in names {
-            tunnels
-                .entry(name.clone())
-                .or_default()
-                .agents
-                .push(agent.clone());
+            let taken = tunnels.get(name).is_some_and(|tunnel| {
+                tunnel.agents.iter().any(|other| {
+                    other.token_id != agent.token_id && other.connection.close_reason().is_none()
+                })
+            });
+            if taken {
+                return Err(name.clone());
+            }
         }
+        for name in names {
+            let tunnel = tunnels.entry(name.clone()).or_default();
+            tunnel
+                .agents
+                .retain(|other| other.connection.close_reason().is_none());
+            tunnel.agents.push(agent.clone());
+        }
+        Ok(())
     }
 
     /// Removes the agent with `id` from every tunnel; the names stay known.

@@ -2,15 +2,15 @@
 //! the connection ends.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use protocol::{Frame, Hello, HelloReply, RefuseReason};
 use quinn::{Connection, Incoming, SendStream};
-use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use transport::{write_frame, FrameReader};
 
+use crate::auth::TokenId;
 use crate::registry::{check_tunnel_name, Agent};
 use crate::State;
 
@@ -71,8 +71,8 @@ async fn handshake(
         None => return Err(anyhow!("control stream ended before hello")),
     };
 
-    let names = match check_hello(&hello, state) {
-        Ok(names) => names,
+    let (token_id, names) = match check_hello(&hello, peer.ip(), state) {
+        Ok(checked) => checked,
         Err((reason, message)) => {
             tracing::info!(?reason, %message, agent_version = %hello.agent_version, "agent refused");
             refuse(&connection, &mut send, reason, message, state).await;
@@ -83,22 +83,39 @@ async fn handshake(
     let agent = Agent {
         id: state.registry.next_agent_id(),
         peer,
+        token_id,
         connection: connection.clone(),
     };
+    // Registering before the reply makes the name check and the claim one step, so two agents
+    // of different tokens cannot both win a name.
+    if let Err(name) = state.registry.register(&names, &agent) {
+        let message = format!("tunnel {name:?} is already served under another token");
+        tracing::info!(%message, "agent refused");
+        refuse(
+            &connection,
+            &mut send,
+            RefuseReason::NameTaken,
+            message,
+            state,
+        )
+        .await;
+        return Ok(None);
+    }
     let urls = names.iter().map(|name| state.public_url(name)).collect();
     let reply = Frame::HelloReply(HelloReply::Accepted {
         ingress_version: env!("CARGO_PKG_VERSION").to_string(),
         urls,
     });
-    write_frame(&mut send, &reply, state.config.max_frame_len)
-        .await
-        .context("failed to send hello reply")?;
-    state.registry.register(&names, &agent);
+    if let Err(err) = write_frame(&mut send, &reply, state.config.max_frame_len).await {
+        state.registry.remove(agent.id);
+        return Err(err).context("failed to send hello reply");
+    }
     crate::registry::remember_names(&state.config.state_dir, &names);
     tracing::info!(
         agent_id = agent.id,
         tunnels = %names.join(","),
         agent_version = %hello.agent_version,
+        token = %agent.token_id,
         "agent connected"
     );
 
@@ -111,14 +128,30 @@ async fn handshake(
     Ok(Some((agent, names)))
 }
 
-/// Checks the hello and returns the lower-cased tunnel names, or why it is refused.
-fn check_hello(hello: &Hello, state: &State) -> Result<Vec<String>, (RefuseReason, String)> {
+/// Checks the hello and returns the token's id and the lower-cased tunnel names, or why it is
+/// refused. Names already served under another token are checked at registration.
+fn check_hello(
+    hello: &Hello,
+    peer: std::net::IpAddr,
+    state: &State,
+) -> Result<(TokenId, Vec<String>), (RefuseReason, String)> {
+    let now = Instant::now();
+    if state.failures.is_limited(peer, now) {
+        return Err((
+            RefuseReason::RateLimited,
+            "too many failed handshakes from this address; try again in a minute".to_string(),
+        ));
+    }
     if let Err(err) = protocol::check_version(hello.protocol_version) {
         return Err((RefuseReason::UnsupportedVersion, err.to_string()));
     }
-    if !tokens_match(&hello.token, &state.config.token) {
-        return Err((RefuseReason::BadToken, "invalid token".to_string()));
-    }
+    let Some((token_id, allowed)) = state.tokens().check(&hello.token) else {
+        let failures = state.failures.record(peer, now);
+        return Err((
+            RefuseReason::BadToken,
+            format!("invalid token (failure {failures} from this address this minute)"),
+        ));
+    };
     if hello.tunnels.is_empty() {
         return Err((
             RefuseReason::InvalidName,
@@ -136,23 +169,18 @@ fn check_hello(hello: &Hello, state: &State) -> Result<Vec<String>, (RefuseReaso
                 format!("tunnel name {name:?} is not declared on this ingress"),
             ));
         }
+        if !allowed.permits(&name) {
+            state.failures.record(peer, now);
+            return Err((
+                RefuseReason::NameNotAllowed,
+                format!("this token may not serve tunnel {name:?}"),
+            ));
+        }
         if !names.contains(&name) {
             names.push(name);
         }
     }
-    Ok(names)
-}
-
-/// Compares two tokens in time that depends on neither content nor length, by comparing their
-/// SHA-256 digests with a fold that does not stop at the first difference.
-fn tokens_match(given: &str, expected: &str) -> bool {
-    let given = Sha256::digest(given.as_bytes());
-    let expected = Sha256::digest(expected.as_bytes());
-    given
-        .iter()
-        .zip(expected.iter())
-        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-        == 0
+    Ok((token_id, names))
 }
 
 async fn refuse(

@@ -56,7 +56,15 @@ impl RunningIngress {
         let mut config = ingress::Config::new(http, quic, TOKEN);
         config.state_dir = state_dir;
         tweak(&mut config);
+        Ok(Self::start_config(config).await?.0)
+    }
+
+    /// Starts an ingress with `config` and returns it with its token reloader.
+    pub async fn start_config(
+        config: ingress::Config,
+    ) -> anyhow::Result<(RunningIngress, ingress::TokenReloader)> {
         let ingress = Ingress::bind(config).await?;
+        let reloader = ingress.token_reloader();
         let (stop, stopped) = oneshot::channel::<()>();
         let http_addr = ingress.http_addr();
         let quic_addr = ingress.quic_addr();
@@ -64,13 +72,14 @@ impl RunningIngress {
         let task = tokio::spawn(ingress.run(async {
             let _ = stopped.await;
         }));
-        Ok(RunningIngress {
+        let running = RunningIngress {
             http_addr,
             quic_addr,
             cert_sha256,
             stop: Some(stop),
             task,
-        })
+        };
+        Ok((running, reloader))
     }
 
     /// Stops the ingress and waits until its endpoint is closed.

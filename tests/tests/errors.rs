@@ -211,3 +211,32 @@ async fn restart_on(
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_bad_tokens_rate_limited() {
+    let tunnel = Tunnel::start_with(|config| config.max_failed_handshakes = 3).await;
+    let mut reasons = Vec::new();
+    for _ in 0..4 {
+        let agent =
+            tunnel_tests::rogue::RogueAgent::connect(tunnel.ingress.quic_addr, "wrong", &["x"])
+                .await
+                .expect("handshake completes with a reply");
+        match agent.reply {
+            protocol::HelloReply::Refused { reason, .. } => reasons.push(reason),
+            other => panic!("a wrong token was accepted: {other:?}"),
+        }
+    }
+    use protocol::RefuseReason::{BadToken, RateLimited};
+    assert_eq!(reasons, [BadToken, BadToken, BadToken, RateLimited]);
+    // The right token from the same address is refused too until the minute is over.
+    let agent = tunnel_tests::rogue::RogueAgent::connect(tunnel.ingress.quic_addr, TOKEN, &["x"])
+        .await
+        .expect("reply");
+    assert!(matches!(
+        agent.reply,
+        protocol::HelloReply::Refused {
+            reason: RateLimited,
+            ..
+        }
+    ));
+}
