@@ -19,6 +19,15 @@ pub struct Args {
     #[arg(long, env = "INGRESS_HTTP", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
 
+    /// PEM certificate chain for HTTPS on the public listener. With it (and --tls-key) the
+    /// listener speaks TLS only, offering HTTP/2 and HTTP/1.1 by ALPN.
+    #[arg(long, env = "INGRESS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key matching --tls-cert.
+    #[arg(long, env = "INGRESS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// UDP address where agents connect over QUIC.
     #[arg(long, env = "INGRESS_QUIC", default_value = "127.0.0.1:4433")]
     pub quic: SocketAddr,
@@ -106,6 +115,8 @@ pub struct Config {
     pub default_tunnel: Option<String>,
     pub state_dir: PathBuf,
     pub quic_identity: Option<(PathBuf, PathBuf)>,
+    /// Certificate chain and key for HTTPS on the public listener.
+    pub public_tls: Option<(PathBuf, PathBuf)>,
     pub response_header_timeout: Duration,
     /// Time in-flight requests get to finish on shutdown.
     pub drain_grace: Duration,
@@ -137,6 +148,7 @@ impl Config {
             default_tunnel: None,
             state_dir: PathBuf::from("ingress-state"),
             quic_identity: None,
+            public_tls: None,
             response_header_timeout: Duration::from_secs(60),
             drain_grace: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
@@ -185,6 +197,7 @@ impl TryFrom<Args> for Config {
         config.only_declared = args.only_declared;
         config.state_dir = args.state_dir;
         config.quic_identity = args.quic_cert.zip(args.quic_key);
+        config.public_tls = args.tls_cert.zip(args.tls_key);
         config.response_header_timeout = args.response_header_timeout;
         config.drain_grace = args.drain_grace;
         config.transport.max_concurrent_streams = args.max_streams_per_agent;

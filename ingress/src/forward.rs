@@ -28,6 +28,7 @@ pub(crate) async fn forward(
     mut request: Request<Incoming>,
     tunnel: String,
     client_addr: SocketAddr,
+    scheme: &'static str,
     state: &State,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let lost = |err: &dyn std::fmt::Display| ProxyError::AgentLost {
@@ -46,7 +47,7 @@ pub(crate) async fn forward(
     let span = tracing::debug_span!("stream", stream_id, kind, tunnel = %tunnel);
 
     let (parts, body) = request.into_parts();
-    let head = request_head(&parts, &tunnel, client_addr, upgrade);
+    let head = request_head(&parts, &tunnel, client_addr, scheme, upgrade);
     tracing::debug!(parent: &span, method = %head.method, target = %head.target, "forwarding request");
     write_frame(
         &mut send,
@@ -143,6 +144,7 @@ fn request_head(
     parts: &http::request::Parts,
     tunnel: &str,
     client_addr: SocketAddr,
+    scheme: &str,
     upgrade: bool,
 ) -> RequestHead {
     let mut headers = parts.headers.clone();
@@ -177,7 +179,7 @@ fn request_head(
         method: parts.method.as_str().to_string(),
         target,
         version,
-        scheme: "http".to_string(),
+        scheme: scheme.to_string(),
         headers: to_wire(&headers),
         client_addr,
         upgrade,

@@ -54,34 +54,60 @@ async fn serve_client(
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(%err, "failed to set TCP_NODELAY");
     }
-    let service = service_fn(move |request| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(request, peer, state).await) }
-    });
+    let Some(acceptor) = state.public_tls.clone() else {
+        // The protocol is picked by peeking at the first bytes instead of letting hyper-util's
+        // auto builder do it, because the auto builder wraps the socket in a private type and
+        // an upgraded connection could then not be taken back as the plain socket that the
+        // buffer-free splice needs.
+        match starts_with_h2_preface(&stream).await {
+            Ok(h2) => serve_http(TokioIo::new(stream), h2, "http", peer, state, draining).await,
+            Err(err) => {
+                tracing::debug!(error = %err, "public connection failed before the first request");
+            }
+        }
+        return;
+    };
 
-    // The protocol is picked by peeking at the first bytes instead of letting hyper-util's
-    // auto builder do it, because the auto builder wraps the socket in a private type and an
-    // upgraded connection could then not be taken back as the plain socket that the buffer-free
-    // splice needs.
-    let result = match starts_with_h2_preface(&stream).await {
-        Ok(true) => {
-            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            builder.timer(TokioTimer::new());
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            drive(connection, draining).await
-        }
-        Ok(false) => {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new());
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            drive(connection, draining).await
-        }
-        Err(err) => {
-            tracing::debug!(error = %err, "public connection failed before the first request");
+    let handshake = tokio::time::timeout(PREFACE_TIMEOUT, acceptor.accept(stream));
+    let tls = match handshake.await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => {
+            tracing::debug!(error = %err, "TLS handshake failed");
             return;
         }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    serve_http(TokioIo::new(tls), h2, "https", peer, state, draining).await;
+}
+
+/// Serves HTTP/2 or HTTP/1.1 (with upgrades) on an accepted connection until it closes.
+async fn serve_http<I>(
+    io: TokioIo<I>,
+    h2: bool,
+    scheme: &'static str,
+    peer: SocketAddr,
+    state: Arc<State>,
+    draining: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(request, peer, scheme, state).await) }
+    });
+    let result = if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        drive(builder.serve_connection(io, service), draining).await
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(TokioTimer::new());
+        let connection = builder.serve_connection(io, service).with_upgrades();
+        drive(connection, draining).await
     };
     if let Err(err) = result {
         tracing::debug!(error = %err, "public connection ended with an error");
@@ -165,6 +191,7 @@ const PREFACE_TIMEOUT: Duration = Duration::from_secs(30);
 async fn handle(
     request: Request<Incoming>,
     peer: SocketAddr,
+    scheme: &'static str,
     state: Arc<State>,
 ) -> Response<ProxyBody> {
     let routed = match (
@@ -181,7 +208,7 @@ async fn handle(
             return err.into_response();
         }
     };
-    match forward::forward(request, tunnel, peer, &state).await {
+    match forward::forward(request, tunnel, peer, scheme, &state).await {
         Ok(response) => response,
         Err(err @ ProxyError::BadResponse { .. }) => {
             // The agent broke the protocol: worth an operator's attention, unlike a dead upstream.

@@ -53,6 +53,8 @@ pub(crate) struct State {
     config: Config,
     registry: Arc<registry::Registry>,
     tokens: RwLock<Arc<auth::Tokens>>,
+    /// TLS acceptor of the public listener, when it serves HTTPS.
+    public_tls: Option<tokio_rustls::TlsAcceptor>,
     failures: auth::FailureLimiter,
     http_port: u16,
 }
@@ -65,6 +67,10 @@ impl Ingress {
     /// Returns an error naming the address or file that failed.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let tokens = auth::Tokens::load(config.token.as_deref(), config.tokens_file.as_deref())?;
+        let public_tls = match &config.public_tls {
+            Some((cert, key)) => Some(tls::public_acceptor(cert, key)?),
+            None => None,
+        };
         let identity = tls::load_identity(&config)?;
         let cert_sha256 = identity.fingerprint();
         let server_config = tls::server_config(identity, &config)?;
@@ -85,6 +91,7 @@ impl Ingress {
             config,
             registry,
             tokens: RwLock::new(Arc::new(tokens)),
+            public_tls,
             failures,
             http_port,
         });
@@ -201,9 +208,14 @@ impl State {
 
     fn public_url(&self, tunnel: &str) -> String {
         let domain = &self.config.domain;
-        match self.http_port {
-            80 => format!("http://{tunnel}.{domain}"),
-            port => format!("http://{tunnel}.{domain}:{port}"),
+        let scheme = if self.public_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        match (scheme, self.http_port) {
+            ("http", 80) | ("https", 443) => format!("{scheme}://{tunnel}.{domain}"),
+            (_, port) => format!("{scheme}://{tunnel}.{domain}:{port}"),
         }
     }
 

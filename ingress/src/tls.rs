@@ -91,6 +91,28 @@ pub(crate) fn server_config(
     Ok(server)
 }
 
+/// Builds the TLS acceptor for HTTPS on the public listener, offering HTTP/2 and HTTP/1.1.
+///
+/// # Errors
+///
+/// Returns an error naming the file that could not be read, or when key and certificate do not
+/// match.
+pub(crate) fn public_acceptor(
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let identity = read_identity(cert, key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("no TLS version available in the crypto provider")?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)
+        .with_context(|| format!("{} and {} do not match", cert.display(), key.display()))?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+}
+
 fn read_identity(cert_path: &Path, key_path: &Path) -> anyhow::Result<Identity> {
     let cert_pem =
         fs::read(cert_path).with_context(|| format!("failed to read {}", cert_path.display()))?;

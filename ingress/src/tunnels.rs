@@ -258,7 +258,9 @@ fn on_control_frame(
             );
             false
         }
-        Ok(None) => false,
+        // The connection ended; its watcher in `serve_agent` logs that.
+        Ok(None)
+        | Err(transport::ReadFrameError::Read(_) | transport::ReadFrameError::Reset(_)) => false,
         Err(err) => {
             tracing::warn!(agent_id = agent.id, error = %err, "invalid control stream; closing agent connection");
             agent.connection.close(
