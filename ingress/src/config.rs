@@ -91,6 +91,21 @@ pub struct Args {
     #[arg(long, env = "INGRESS_DRAIN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub drain_grace: Duration,
 
+    /// Time a client has to send a complete HTTP/1.1 request head; then the connection is
+    /// closed (e.g. 30s).
+    #[arg(long, env = "INGRESS_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Maximum size of a request head in bytes; larger ones get 431 (HTTP/1.1 uses at least
+    /// 8192).
+    #[arg(long, env = "INGRESS_MAX_HEADER_BYTES", default_value_t = 65536)]
+    pub max_header_bytes: u32,
+
+    /// Maximum open public connections per client IP address; requests on further
+    /// connections get 503.
+    #[arg(long, env = "INGRESS_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
+    pub max_connections_per_ip: u32,
+
     /// Maximum number of requests in flight to one agent; more wait for a free stream.
     #[arg(long, env = "INGRESS_MAX_STREAMS_PER_AGENT", default_value_t = 4096)]
     pub max_streams_per_agent: u32,
@@ -120,6 +135,12 @@ pub struct Config {
     pub response_header_timeout: Duration,
     /// Time in-flight requests get to finish on shutdown.
     pub drain_grace: Duration,
+    /// Time a client has to send an HTTP/1.1 request head.
+    pub header_read_timeout: Duration,
+    /// Maximum size of a request head.
+    pub max_header_bytes: u32,
+    /// Maximum open public connections per client address.
+    pub max_connections_per_ip: u32,
     /// Time an agent has to finish the QUIC and hello handshake.
     pub handshake_timeout: Duration,
     pub max_frame_len: u32,
@@ -151,6 +172,9 @@ impl Config {
             public_tls: None,
             response_header_timeout: Duration::from_secs(60),
             drain_grace: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 65536,
+            max_connections_per_ip: 512,
             handshake_timeout: Duration::from_secs(10),
             max_frame_len: protocol::MAX_FRAME_LEN,
             transport: TransportLimits::default(),
@@ -174,6 +198,9 @@ impl TryFrom<Args> for Config {
         }
         if args.only_declared && declared.is_empty() {
             bail!("--only-declared needs at least one --tunnel-name");
+        }
+        if args.max_connections_per_ip == 0 {
+            bail!("--max-connections-per-ip must be at least 1");
         }
         if args.max_streams_per_agent == 0 {
             bail!("--max-streams-per-agent must be at least 1");
@@ -200,6 +227,9 @@ impl TryFrom<Args> for Config {
         config.public_tls = args.tls_cert.zip(args.tls_key);
         config.response_header_timeout = args.response_header_timeout;
         config.drain_grace = args.drain_grace;
+        config.header_read_timeout = args.header_read_timeout;
+        config.max_header_bytes = args.max_header_bytes;
+        config.max_connections_per_ip = args.max_connections_per_ip;
         config.transport.max_concurrent_streams = args.max_streams_per_agent;
         Ok(config)
     }

@@ -12,6 +12,10 @@ use crate::{full_body, ProxyBody};
 pub enum ProxyError {
     #[error("the Host header is missing or invalid")]
     BadHost,
+    #[error("too many connections from this address")]
+    TooManyConnections,
+    #[error("request head of {size} bytes is over the maximum of {max} bytes")]
+    HeadTooLarge { size: usize, max: u32 },
     #[error("host {0:?} is not under this ingress's domain")]
     ForeignHost(String),
     #[error(transparent)]
@@ -31,6 +35,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadHost => StatusCode::BAD_REQUEST,
+            Self::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            Self::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::ForeignHost(_) | Self::Route(RouteError::UnknownTunnel(_)) => {
                 StatusCode::NOT_FOUND
             }
@@ -52,6 +58,8 @@ impl ProxyError {
     pub fn cause(&self) -> &'static str {
         match self {
             Self::BadHost => "bad-host",
+            Self::TooManyConnections => "too-many-connections",
+            Self::HeadTooLarge { .. } => "head-too-large",
             Self::ForeignHost(_) | Self::Route(RouteError::UnknownTunnel(_)) => "unknown-tunnel",
             Self::Route(RouteError::NoAgent(_)) => "no-agent",
             Self::AgentLost { .. } => "agent-lost",
@@ -91,6 +99,12 @@ impl ProxyError {
             "x-ingress-error",
             header::HeaderValue::from_static(self.cause()),
         );
+        if matches!(self, Self::TooManyConnections | Self::HeadTooLarge { .. }) {
+            headers.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
         response
     }
 }

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::error::ProxyError;
+use crate::limits::ConnectionPermit;
 use crate::{forward, ProxyBody, State};
 
 /// Accepts public connections until the listener fails.
@@ -40,17 +41,25 @@ pub(crate) async fn accept_clients(
             }
         };
         let span = tracing::debug_span!("client", %peer);
-        let serve = serve_client(stream, peer, state.clone(), draining.clone());
+        let permit = state.connection_limiter.acquire(peer.ip());
+        if permit.is_none() {
+            tracing::debug!(%peer, "too many connections from this address; answering 503");
+        }
+        let serve = serve_client(stream, peer, permit, state.clone(), draining.clone());
         connections.spawn(serve.instrument(span));
     }
 }
 
+/// Serves one public connection. Without a `permit` (its address is over the connection
+/// limit) every request on it gets 503 and the connection closes.
 async fn serve_client(
     stream: TcpStream,
     peer: SocketAddr,
+    permit: Option<ConnectionPermit>,
     state: Arc<State>,
     draining: watch::Receiver<bool>,
 ) {
+    let over_limit = permit.is_none();
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(%err, "failed to set TCP_NODELAY");
     }
@@ -60,7 +69,18 @@ async fn serve_client(
         // an upgraded connection could then not be taken back as the plain socket that the
         // buffer-free splice needs.
         match starts_with_h2_preface(&stream).await {
-            Ok(h2) => serve_http(TokioIo::new(stream), h2, "http", peer, state, draining).await,
+            Ok(h2) => {
+                serve_http(
+                    TokioIo::new(stream),
+                    h2,
+                    "http",
+                    peer,
+                    over_limit,
+                    state,
+                    draining,
+                )
+                .await
+            }
             Err(err) => {
                 tracing::debug!(error = %err, "public connection failed before the first request");
             }
@@ -81,7 +101,17 @@ async fn serve_client(
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-    serve_http(TokioIo::new(tls), h2, "https", peer, state, draining).await;
+    serve_http(
+        TokioIo::new(tls),
+        h2,
+        "https",
+        peer,
+        over_limit,
+        state,
+        draining,
+    )
+    .await;
+    drop(permit);
 }
 
 /// Serves HTTP/2 or HTTP/1.1 (with upgrades) on an accepted connection until it closes.
@@ -90,22 +120,36 @@ async fn serve_http<I>(
     h2: bool,
     scheme: &'static str,
     peer: SocketAddr,
+    over_limit: bool,
     state: Arc<State>,
     draining: watch::Receiver<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let header_timeout = state.config.header_read_timeout;
+    let max_header_bytes = state.config.max_header_bytes;
     let service = service_fn(move |request| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(request, peer, scheme, state).await) }
+        async move {
+            if over_limit {
+                return Ok::<_, Infallible>(ProxyError::TooManyConnections.into_response());
+            }
+            Ok::<_, Infallible>(handle(request, peer, scheme, state).await)
+        }
     });
     let result = if h2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(max_header_bytes);
         drive(builder.serve_connection(io, service), draining).await
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
-        builder.timer(TokioTimer::new());
+        // A request head over the buffer size gets 431; hyper does not accept less than 8 KiB.
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size((max_header_bytes as usize).max(8192));
         let connection = builder.serve_connection(io, service).with_upgrades();
         drive(connection, draining).await
     };
@@ -194,6 +238,15 @@ async fn handle(
     scheme: &'static str,
     state: Arc<State>,
 ) -> Response<ProxyBody> {
+    let head_size = head_size(&request);
+    if head_size > state.config.max_header_bytes as usize {
+        let err = ProxyError::HeadTooLarge {
+            size: head_size,
+            max: state.config.max_header_bytes,
+        };
+        tracing::debug!(error = %err, "request rejected");
+        return err.into_response();
+    }
     let routed = match (
         tunnel_name(&request, &state.config.domain),
         &state.config.default_tunnel,
@@ -220,6 +273,19 @@ async fn handle(
             err.into_response()
         }
     }
+}
+
+/// Bytes of the request head as HTTP/1.1 would spell it: request line and header fields.
+/// hyper's own HTTP/1.1 limit is a read-buffer size that a head arriving in one read can pass,
+/// so the limit is checked again here on the parsed head.
+fn head_size(request: &Request<Incoming>) -> usize {
+    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    line + fields
 }
 
 /// Finds the tunnel name in the request's authority (HTTP/2, absolute-form HTTP/1.1) or Host

@@ -13,6 +13,7 @@ mod config;
 mod error;
 mod forward;
 mod http;
+mod limits;
 mod registry;
 mod tls;
 mod tunnels;
@@ -56,6 +57,7 @@ pub(crate) struct State {
     /// TLS acceptor of the public listener, when it serves HTTPS.
     public_tls: Option<tokio_rustls::TlsAcceptor>,
     failures: auth::FailureLimiter,
+    connection_limiter: limits::ConnectionLimiter,
     http_port: u16,
 }
 
@@ -85,6 +87,7 @@ impl Ingress {
         let mut known = config.declared_tunnels.clone();
         known.extend(registry::load_known_names(&config.state_dir));
         let registry = Arc::new(registry::Registry::new(&known));
+        let connection_limiter = limits::ConnectionLimiter::new(config.max_connections_per_ip);
         let failures =
             auth::FailureLimiter::new(config.max_failed_handshakes, Duration::from_secs(60));
         let state = Arc::new(State {
@@ -93,6 +96,7 @@ impl Ingress {
             tokens: RwLock::new(Arc::new(tokens)),
             public_tls,
             failures,
+            connection_limiter,
             http_port,
         });
         Ok(Self {
