@@ -38,16 +38,21 @@ pub(crate) async fn forward(
     let (mut send, recv) = open_stream(&tunnel, state).await?;
     let stream_id = send.id().index();
 
-    // Only HTTP/1.1 has the Upgrade mechanism; HTTP/2 extended CONNECT is not supported yet, so
-    // an HTTP/2 WebSocket attempt is forwarded as an ordinary request.
-    let upgrade = request.version() == Version::HTTP_11
-        && transport::is_upgrade_request(request.headers()).is_some();
+    // HTTP/1.1 asks for an upgrade with `Connection: upgrade`; HTTP/2 opens a WebSocket with an
+    // extended CONNECT (RFC 8441), which goes to the upstream as an HTTP/1.1 upgrade.
+    let h2_websocket = is_h2_websocket(&request);
+    let upgrade = h2_websocket
+        || (request.version() == Version::HTTP_11
+            && transport::is_upgrade_request(request.headers()).is_some());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let kind = if upgrade { "upgrade" } else { "http" };
     let span = tracing::debug_span!("stream", stream_id, kind, tunnel = %tunnel);
 
     let (parts, body) = request.into_parts();
-    let head = request_head(&parts, &tunnel, client_addr, scheme, upgrade);
+    let mut head = request_head(&parts, &tunnel, client_addr, scheme, upgrade);
+    if h2_websocket {
+        websocket_over_h1(&mut head);
+    }
     tracing::debug!(parent: &span, method = %head.method, target = %head.target, "forwarding request");
     write_frame(
         &mut send,
@@ -58,7 +63,15 @@ pub(crate) async fn forward(
     .map_err(|err| lost(&err))?;
 
     let max_frame_len = state.config.max_frame_len;
-    let send = if upgrade {
+    let send = if h2_websocket {
+        // The body of an extended CONNECT is the WebSocket itself; it is spliced after the
+        // upstream accepts, so the request side ends here.
+        drop(body);
+        write_frame(&mut send, &Frame::End, max_frame_len)
+            .await
+            .map_err(|err| lost(&err))?;
+        Some(send)
+    } else if upgrade {
         // The body of an upgrade request (almost always empty) must be complete before the
         // stream switches to raw bytes, so it is sent inline.
         send_request_body(body, &mut send, max_frame_len).await;
@@ -87,7 +100,16 @@ pub(crate) async fn forward(
                 reason: "101 Switching Protocols for a request that asked for no upgrade".into(),
             });
         };
-        remove_hop_by_hop_except_upgrade(&mut headers);
+        let status = if h2_websocket {
+            // RFC 8441: the tunnel is open once the CONNECT gets 200; HTTP/2 has no
+            // connection-level upgrade fields and the accept key was for the upstream hop.
+            remove_hop_by_hop(&mut headers);
+            headers.remove("sec-websocket-accept");
+            StatusCode::OK
+        } else {
+            remove_hop_by_hop_except_upgrade(&mut headers);
+            status
+        };
         tokio::spawn(splice_upgrade(on_upgrade, send, reader).instrument(span));
         let mut response = Response::new(crate::full_body(bytes::Bytes::new()));
         *response.status_mut() = status;
@@ -139,6 +161,39 @@ async fn open_stream(tunnel: &str, state: &State) -> Result<(SendStream, RecvStr
 }
 
 const OPEN_ATTEMPTS: usize = 3;
+
+/// Whether `request` is an HTTP/2 extended CONNECT for the `websocket` protocol.
+fn is_h2_websocket(request: &Request<Incoming>) -> bool {
+    request.version() == Version::HTTP_2
+        && request.method() == http::Method::CONNECT
+        && request
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|protocol| protocol.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Rewrites the head of an RFC 8441 WebSocket CONNECT as the RFC 6455 HTTP/1.1 handshake the
+/// upstream expects: a GET with `Upgrade: websocket` and a fresh `Sec-WebSocket-Key`.
+/// `Sec-WebSocket-Version`, `-Protocol` and `-Extensions` pass through as the client sent them.
+fn websocket_over_h1(head: &mut RequestHead) {
+    use base64::Engine as _;
+
+    head.method = "GET".to_string();
+    head.headers.retain(|field| {
+        !matches!(
+            field.name.as_str(),
+            "upgrade" | "connection" | "sec-websocket-key"
+        )
+    });
+    let key: [u8; 16] = rand::random();
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    head.headers
+        .push(protocol::Header::new("upgrade", "websocket"));
+    head.headers
+        .push(protocol::Header::new("connection", "upgrade"));
+    head.headers
+        .push(protocol::Header::new("sec-websocket-key", key));
+}
 
 fn request_head(
     parts: &http::request::Parts,

@@ -141,7 +141,8 @@ async fn serve_http<I>(
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
-            .max_header_list_size(max_header_bytes);
+            .max_header_list_size(max_header_bytes)
+            .enable_connect_protocol();
         drive(builder.serve_connection(io, service), draining).await
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();

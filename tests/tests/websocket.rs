@@ -182,3 +182,71 @@ async fn declined_upgrade_is_normal_response() {
     let text = String::from_utf8_lossy(&received);
     assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
 }
+
+/// RFC 8441: an HTTP/2 client opens a WebSocket with an extended CONNECT on one stream of its
+/// connection; the ingress carries it to the HTTP/1.1 upstream as an ordinary upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_connect() {
+    let tunnel = Tunnel::start().await;
+    let tcp = TcpStream::connect(tunnel.ingress.http_addr)
+        .await
+        .expect("connect to ingress");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("HTTP/2 connection ready");
+    // The server's SETTINGS frame, which offers extended CONNECT, may arrive a moment later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !client.is_extended_connect_protocol_enabled() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ingress did not offer extended CONNECT"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(tunnel.url("/ws"))
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-protocol", "chat.v1")
+        .body(())
+        .expect("valid request");
+    request
+        .extensions_mut()
+        .insert(h2::ext::Protocol::from_static("websocket"));
+    let (response, mut send) = client.send_request(request, false).expect("send CONNECT");
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("response within 5 s")
+        .expect("response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["sec-websocket-protocol"], "chat.v1");
+    let mut recv = response.into_body();
+
+    // One masked text frame, as a client must send it, then the unmasked echo back.
+    let payload = b"over h2";
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(i, byte)| byte ^ mask[i % 4]),
+    );
+    send.send_data(bytes::Bytes::from(frame), false)
+        .expect("send frame");
+
+    let mut echoed = Vec::new();
+    while echoed.len() < 2 + payload.len() {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), recv.data())
+            .await
+            .expect("echo within 5 s")
+            .expect("stream open")
+            .expect("data");
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        echoed.extend_from_slice(&chunk);
+    }
+    assert_eq!(&echoed[..2], &[0x81, payload.len() as u8]);
+    assert_eq!(&echoed[2..], payload);
+}
