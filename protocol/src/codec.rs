@@ -15,7 +15,8 @@ use crate::frame::{Frame, FrameType};
 pub const HEADER_LEN: usize = 5;
 
 /// Default maximum payload length of one frame. It bounds what a peer can make the receiver
-/// buffer for a single frame, and so the size of a request or response head.
+/// buffer for a single frame, and so the size of a request or response head. Frames other than
+/// data frames are never decoded past this size, whatever maximum the decoder is given.
 pub const MAX_FRAME_LEN: u32 = 1024 * 1024;
 
 /// Largest body piece a sender puts in one data frame. Bigger chunks are split.
@@ -105,7 +106,7 @@ impl FrameDecoder {
         }
         src.advance(HEADER_LEN);
         let payload = src.split_to(len as usize).freeze();
-        decode_payload(frame_type, payload, self.max_len).map(Some)
+        decode_payload(frame_type, payload).map(Some)
     }
 
     /// Checks that nothing but whole frames was left when the stream ended.
@@ -135,18 +136,14 @@ impl Default for FrameDecoder {
     }
 }
 
-fn decode_payload(
-    frame_type: FrameType,
-    payload: Bytes,
-    max_len: u32,
-) -> Result<Frame, DecodeError> {
+fn decode_payload(frame_type: FrameType, payload: Bytes) -> Result<Frame, DecodeError> {
     let frame = match frame_type {
-        FrameType::Hello => Frame::Hello(deserialize(frame_type, &payload, max_len)?),
-        FrameType::HelloReply => Frame::HelloReply(deserialize(frame_type, &payload, max_len)?),
-        FrameType::RequestHead => Frame::RequestHead(deserialize(frame_type, &payload, max_len)?),
-        FrameType::ResponseHead => Frame::ResponseHead(deserialize(frame_type, &payload, max_len)?),
-        FrameType::Trailers => Frame::Trailers(deserialize(frame_type, &payload, max_len)?),
-        FrameType::Failure => Frame::Failure(deserialize(frame_type, &payload, max_len)?),
+        FrameType::Hello => Frame::Hello(deserialize(frame_type, &payload)?),
+        FrameType::HelloReply => Frame::HelloReply(deserialize(frame_type, &payload)?),
+        FrameType::RequestHead => Frame::RequestHead(deserialize(frame_type, &payload)?),
+        FrameType::ResponseHead => Frame::ResponseHead(deserialize(frame_type, &payload)?),
+        FrameType::Trailers => Frame::Trailers(deserialize(frame_type, &payload)?),
+        FrameType::Failure => Frame::Failure(deserialize(frame_type, &payload)?),
         FrameType::Data => Frame::Data(payload),
         FrameType::End | FrameType::Drain => {
             if !payload.is_empty() {
@@ -177,16 +174,17 @@ fn serialize<T: Serialize>(frame_type: FrameType, value: &T) -> Result<Vec<u8>, 
 fn deserialize<T: DeserializeOwned>(
     frame_type: FrameType,
     payload: &[u8],
-    max_len: u32,
 ) -> Result<T, DecodeError> {
     let invalid = |reason: String| DecodeError::Invalid {
         frame_type: frame_type.name(),
         reason,
     };
-    // Collection lengths inside the payload are claims by the peer. Reading from a slice fails
-    // as soon as a claim runs past the payload, and serde caps what it reserves up front, so a
-    // lying length costs at most the payload size.
-    let (value, used) = bincode::serde::decode_from_slice(payload, bincode::config::standard())
+    // String and collection lengths inside the payload are claims by the peer, and bincode
+    // allocates a string's buffer from its claimed length before reading it. The limit makes
+    // bincode reject any claim that would take the total past MAX_FRAME_LEN before it
+    // allocates, so a 10-byte frame cannot ask for gigabytes.
+    let config = bincode::config::standard().with_limit::<{ MAX_FRAME_LEN as usize }>();
+    let (value, used) = bincode::serde::decode_from_slice(payload, config)
         .map_err(|err| invalid(err.to_string()))?;
     if used != payload.len() {
         return Err(invalid(format!(
@@ -194,7 +192,6 @@ fn deserialize<T: DeserializeOwned>(
             payload.len() - used
         )));
     }
-    debug_assert!(payload.len() <= max_len as usize);
     Ok(value)
 }
 

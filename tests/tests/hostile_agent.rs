@@ -165,3 +165,21 @@ async fn response_frames_after_end_are_ignored_safely() {
     bytes.extend(b"trailing junk");
     assert_eq!(answer_with(bytes).await, (200, String::new()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lying_hello_length_does_not_crash_ingress() {
+    let tunnel = Tunnel::start().await;
+    // A 14-byte hello whose agent version claims 2^57 bytes.
+    let mut payload = vec![0x01, 0xfd];
+    payload.extend_from_slice(&(1u64 << 57).to_le_bytes());
+    payload.extend_from_slice(b"abc");
+    let mut opening = vec![0x01];
+    opening.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    opening.extend_from_slice(&payload);
+    let result = RogueAgent::connect_raw(tunnel.ingress.quic_addr, &opening).await;
+    assert!(result.is_err(), "a malformed hello got a reply");
+    assert_eq!(
+        get_all(Protocol::Http1, &tunnel.url("/small")).await.status,
+        200
+    );
+}

@@ -212,3 +212,27 @@ fn hello_debug_hides_token() {
     let text = format!("{:?}", Frame::Hello(hello));
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+#[test]
+fn lying_string_length_fails_without_allocating() {
+    // Found by the mutation fuzzer: a hello whose agent version claims 2^57 bytes. bincode
+    // allocated the claimed size before reading, which aborted the process.
+    let mut payload = vec![0x01, 0xfd];
+    payload.extend_from_slice(&(1u64 << 57).to_le_bytes());
+    payload.extend_from_slice(b"abc");
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&[FrameType::Hello as u8]);
+    buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&payload);
+    let err = FrameDecoder::default().decode(&mut buf).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DecodeError::Invalid {
+                frame_type: "hello",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
