@@ -58,7 +58,18 @@ async fn handshake(
         .await
         .context("agent opened no control stream")?;
     let mut reader = FrameReader::new(recv, state.config.max_frame_len);
-    let hello = match reader.next().await.context("failed to read hello")? {
+    let first = match reader.next().await {
+        Ok(first) => first,
+        Err(err) => {
+            let message = format!("invalid hello: {err}");
+            connection.close(
+                transport::code(protocol::code::PROTOCOL_ERROR),
+                message.as_bytes(),
+            );
+            return Err(anyhow!(message));
+        }
+    };
+    let hello = match first {
         Some(Frame::Hello(hello)) => hello,
         Some(other) => {
             let message = format!("expected hello, got {} frame", other.frame_type().name());
