@@ -136,6 +136,7 @@ async fn route(
         "/drip" => drip(number("lines", 5), number("interval_ms", 200), observed),
         "/sse" => sse(number("events", 5), number("interval_ms", 200), observed),
         "/gzip" => gzip(),
+        "/trailers" => with_trailers(),
         "/die/length" => die(true),
         "/die/chunked" => die(false),
         "/slow-head" => {
@@ -296,6 +297,25 @@ fn sse(events: u64, interval_ms: u64, observed: Arc<Mutex<Observed>>) -> Respons
         HeaderValue::from_static("text/event-stream"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// A body followed by gRPC-style trailers, as a gRPC server ends a call.
+fn with_trailers() -> Response<FixtureBody> {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("5"));
+    trailers.insert("grpc-message", HeaderValue::from_static("not%20found"));
+    let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+        Ok(Frame::data(Bytes::from_static(b"\x00\x00\x00\x00\x00"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+        frames,
+    ))));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     response
 }
 

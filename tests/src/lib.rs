@@ -100,12 +100,23 @@ pub struct RunningAgent {
 }
 
 impl RunningAgent {
-    /// Starts an agent serving `tunnels` through the ingress at `quic`.
+    /// Starts an agent serving `tunnels` (HTTP/1.1 upstreams) through the ingress at `quic`.
     pub fn start(
         quic: SocketAddr,
         cert_sha256: &str,
         token: &str,
         tunnels: &[(&str, SocketAddr)],
+    ) -> anyhow::Result<RunningAgent> {
+        Self::start_with_protocol(quic, cert_sha256, token, tunnels, UpstreamProtocol::Http1)
+    }
+
+    /// Like [`RunningAgent::start`], speaking `protocol` to the upstreams.
+    pub fn start_with_protocol(
+        quic: SocketAddr,
+        cert_sha256: &str,
+        token: &str,
+        tunnels: &[(&str, SocketAddr)],
+        protocol: UpstreamProtocol,
     ) -> anyhow::Result<RunningAgent> {
         let fingerprint = tunnel_agent::parse_fingerprint(cert_sha256)?;
         let upstreams: BTreeMap<String, Upstream> = tunnels
@@ -113,7 +124,7 @@ impl RunningAgent {
             .map(|(name, addr)| {
                 let upstream = Upstream {
                     authority: addr.to_string(),
-                    protocol: UpstreamProtocol::Http1,
+                    protocol,
                 };
                 (name.to_string(), upstream)
             })

@@ -199,3 +199,44 @@ async fn upload_with_expect_continue() {
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("x-received-bytes: 200000\r\n"), "{text}");
 }
+
+/// An HTTP/2 client reaching an h2c upstream, as a gRPC client does, gets the body and the
+/// trailers that end the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_reach_http2_client() {
+    let tunnel = Tunnel::start().await;
+    let mut agent = tunnel_tests::RunningAgent::start_with_protocol(
+        tunnel.ingress.quic_addr,
+        &tunnel.ingress.cert_sha256,
+        tunnel_tests::TOKEN,
+        &[("grpc", tunnel.fixture.addr)],
+        tunnel_agent::UpstreamProtocol::H2c,
+    )
+    .expect("start h2c agent");
+    agent
+        .wait_connected(std::time::Duration::from_secs(10))
+        .await
+        .expect("agent up");
+
+    let url = format!(
+        "http://grpc.localhost:{}/trailers",
+        tunnel.ingress.http_addr.port()
+    );
+    let request = Request::post(url)
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .body(client::full(Bytes::from_static(b"\0\0\0\0\0")))
+        .expect("valid request");
+    let response = client::send(Protocol::H2c, request).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/grpc");
+    let collected = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body and trailers");
+    let trailers = collected.trailers().cloned().expect("trailers arrived");
+    assert_eq!(trailers["grpc-status"], "5");
+    assert_eq!(trailers["grpc-message"], "not%20found");
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"\0\0\0\0\0"));
+}
