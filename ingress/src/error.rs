@@ -7,7 +7,7 @@ use protocol::{Failure, FailureKind};
 use crate::registry::RouteError;
 use crate::{full_body, ProxyBody};
 
-/// Why a public request got no response from the upstream.
+/// Error that left a public request without a response from the upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("the Host header is missing or invalid")]

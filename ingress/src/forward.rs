@@ -1,5 +1,5 @@
 //! One public request through a tunnel: open a stream to the agent, send the head, pump the
-//! request body, and turn the answer into a streaming response, or splice an upgrade.
+//! request body, and turn the reply into a streaming response, or splice an upgrade.
 
 use std::net::SocketAddr;
 
@@ -38,7 +38,7 @@ pub(crate) async fn forward(
     let (mut send, recv) = open_stream(&tunnel, state).await?;
     let stream_id = send.id().index();
 
-    // HTTP/1.1 asks for an upgrade with `Connection: upgrade`; HTTP/2 opens a WebSocket with an
+    // HTTP/1.1 requests an upgrade with `Connection: upgrade`. HTTP/2 opens a WebSocket with an
     // extended CONNECT (RFC 8441), which goes to the upstream as an HTTP/1.1 upgrade.
     let h2_websocket = is_h2_websocket(&request);
     let upgrade = h2_websocket
@@ -162,7 +162,7 @@ async fn open_stream(tunnel: &str, state: &State) -> Result<(SendStream, RecvStr
 
 const OPEN_ATTEMPTS: usize = 3;
 
-/// Whether `request` is an HTTP/2 extended CONNECT for the `websocket` protocol.
+/// Returns whether `request` is an HTTP/2 extended CONNECT for the `websocket` protocol.
 fn is_h2_websocket(request: &Request<Incoming>) -> bool {
     request.version() == Version::HTTP_2
         && request.method() == http::Method::CONNECT
@@ -208,7 +208,7 @@ fn request_head(
     } else {
         remove_hop_by_hop(&mut headers);
     }
-    // This side already answered `Expect: 100-continue` by reading the body.
+    // hyper already sent `100 Continue` when the body was first read, so the upstream must not.
     headers.remove(http::header::EXPECT);
     // HTTP/2 clients send the host as :authority; the HTTP/1.1 upstream needs a Host field.
     if !headers.contains_key(http::header::HOST) {
@@ -304,7 +304,7 @@ async fn send_request_body(body: Incoming, send: &mut SendStream, max_frame_len:
             false
         }
         Err(err @ (SendBodyError::Write(_) | SendBodyError::Stopped)) => {
-            // The agent stopped reading: its upstream answered without the rest of the body.
+            // The agent stopped reading because its upstream responded without the rest of the body.
             tracing::debug!(error = %err, "agent stopped reading request body");
             false
         }

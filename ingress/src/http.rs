@@ -64,10 +64,10 @@ async fn serve_client(
         tracing::debug!(%err, "failed to set TCP_NODELAY");
     }
     let Some(acceptor) = state.public_tls.clone() else {
-        // The protocol is picked by peeking at the first bytes instead of letting hyper-util's
-        // auto builder do it, because the auto builder wraps the socket in a private type and
-        // an upgraded connection could then not be taken back as the plain socket that the
-        // buffer-free splice needs.
+        // The protocol is picked by peeking at the first bytes instead of by hyper-util's auto
+        // builder. The auto builder wraps the socket in a private type, and an upgraded
+        // connection could then not be taken back as the plain socket that the buffer-free
+        // splice needs.
         match starts_with_h2_preface(&stream).await {
             Ok(h2) => {
                 serve_http(

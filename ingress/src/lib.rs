@@ -49,7 +49,7 @@ pub struct Ingress {
     cert_sha256: String,
 }
 
-/// What every connection task shares.
+/// State shared by every connection task.
 pub(crate) struct State {
     config: Config,
     registry: Arc<registry::Registry>,

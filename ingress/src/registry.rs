@@ -19,7 +19,7 @@ pub(crate) struct Agent {
     pub connection: quinn::Connection,
 }
 
-/// Why a request found no agent.
+/// Reason a request found no agent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     #[error("no tunnel named {0:?}")]
@@ -61,8 +61,8 @@ impl Registry {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Adds `agent` as a server of each of `names`, unless a live agent of another token serves
-    /// one of them; then nothing is added and that name is returned.
+    /// Adds `agent` as a server of each of `names`. When a live agent of another token serves one
+    /// of them, nothing is added and that name is returned.
     pub(crate) fn register(&self, names: &[String], agent: &Agent) -> Result<(), String> {
         let mut tunnels = self.lock();
         for name in names {

@@ -113,7 +113,7 @@ impl FrameDecoder {
     ///
     /// # Errors
     ///
-    /// Returns [`DecodeError::Truncated`] when `src` holds part of a frame.
+    /// Returns [`DecodeError::Truncated`] when `src` contains part of a frame.
     pub fn finish(&self, src: &BytesMut) -> Result<(), DecodeError> {
         if src.is_empty() {
             return Ok(());

@@ -300,7 +300,7 @@ fn sse(events: u64, interval_ms: u64, observed: Arc<Mutex<Observed>>) -> Respons
     response
 }
 
-/// A body followed by gRPC-style trailers, as a gRPC server ends a call.
+/// Builds a response whose body is followed by gRPC-style trailers, as a gRPC server ends a call.
 fn with_trailers() -> Response<FixtureBody> {
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static("5"));

@@ -1,5 +1,5 @@
 //! An agent that breaks the protocol, on purpose or by a bug, costs only its own streams or its
-//! own connection: the ingress answers the client with 502, logs, and keeps serving other
+//! own connection: the ingress sends the client a 502, logs, and keeps serving other
 //! tunnels.
 
 use std::time::Duration;

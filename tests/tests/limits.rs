@@ -74,8 +74,8 @@ async fn malformed_requests_rejected() {
 }
 
 /// A request with both `Content-Length` and `Transfer-Encoding: chunked` is framed by its
-/// chunks alone (hyper drops the length); the upstream gets only the chunked body, so the two
-/// hops cannot disagree about where the request ends.
+/// chunks alone, because hyper drops the length. The upstream gets only the chunked body, so
+/// the two hops cannot disagree about where the request ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn length_with_chunked_uses_chunks_only() {
     let tunnel = Tunnel::start().await;

@@ -184,7 +184,7 @@ async fn declined_upgrade_is_normal_response() {
 }
 
 /// RFC 8441: an HTTP/2 client opens a WebSocket with an extended CONNECT on one stream of its
-/// connection; the ingress carries it to the HTTP/1.1 upstream as an ordinary upgrade.
+/// connection. The ingress carries it to the HTTP/1.1 upstream as an ordinary upgrade.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_over_http2_connect() {
     let tunnel = Tunnel::start().await;

@@ -92,8 +92,8 @@ async fn forward_http(
         Err(failure) => return fail(&mut send, failure, context.max_frame_len).await,
     };
 
-    // The ingress stops the stream when its client leaves or its header timeout fires; drop the
-    // upstream request then instead of waiting for a response that no client will read.
+    // The ingress stops the stream when its client leaves or its header timeout fires. The
+    // upstream request is dropped then, because no client will read its response.
     let stopped = send.stopped();
     let response = tokio::select! {
         response = context.upstreams.send(upstream, request) => response,
