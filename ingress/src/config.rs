@@ -106,7 +106,8 @@ pub struct Args {
     #[arg(long, env = "INGRESS_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
     pub max_connections_per_ip: u32,
 
-    /// Maximum number of requests in flight to one agent; more wait for a free stream.
+    /// Maximum number of requests in flight to one agent; more wait for a free slot up to the
+    /// response-header timeout, then get 503.
     #[arg(long, env = "INGRESS_MAX_STREAMS_PER_AGENT", default_value_t = 4096)]
     pub max_streams_per_agent: u32,
 }
@@ -135,6 +136,8 @@ pub struct Config {
     pub response_header_timeout: Duration,
     /// Time in-flight requests get to finish on shutdown.
     pub drain_grace: Duration,
+    /// Requests in flight to one agent; more wait up to the response-header timeout, then 503.
+    pub max_streams_per_agent: u32,
     /// Time a client has to send an HTTP/1.1 request head.
     pub header_read_timeout: Duration,
     /// Maximum size of a request head.
@@ -172,6 +175,7 @@ impl Config {
             public_tls: None,
             response_header_timeout: Duration::from_secs(60),
             drain_grace: Duration::from_secs(10),
+            max_streams_per_agent: 4096,
             header_read_timeout: Duration::from_secs(30),
             max_header_bytes: 65536,
             max_connections_per_ip: 512,
@@ -230,7 +234,7 @@ impl TryFrom<Args> for Config {
         config.header_read_timeout = args.header_read_timeout;
         config.max_header_bytes = args.max_header_bytes;
         config.max_connections_per_ip = args.max_connections_per_ip;
-        config.transport.max_concurrent_streams = args.max_streams_per_agent;
+        config.max_streams_per_agent = args.max_streams_per_agent;
         Ok(config)
     }
 }

@@ -24,6 +24,8 @@ pub enum ProxyError {
     AgentLost { tunnel: String, reason: String },
     #[error("tunnel {tunnel:?}: the agent reported: {}", failure.message)]
     Agent { tunnel: String, failure: Failure },
+    #[error("tunnel {tunnel:?}: the agent already has {limit} requests in flight")]
+    AgentBusy { tunnel: String, limit: u32 },
     #[error("tunnel {tunnel:?}: the upstream did not send a response head within {seconds} s")]
     HeaderTimeout { tunnel: String, seconds: u64 },
     #[error("tunnel {tunnel:?}: invalid response from agent: {reason}")]
@@ -35,7 +37,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadHost => StatusCode::BAD_REQUEST,
-            Self::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyConnections | Self::AgentBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::ForeignHost(_) | Self::Route(RouteError::UnknownTunnel(_)) => {
                 StatusCode::NOT_FOUND
@@ -59,6 +61,7 @@ impl ProxyError {
         match self {
             Self::BadHost => "bad-host",
             Self::TooManyConnections => "too-many-connections",
+            Self::AgentBusy { .. } => "agent-busy",
             Self::HeadTooLarge { .. } => "head-too-large",
             Self::ForeignHost(_) | Self::Route(RouteError::UnknownTunnel(_)) => "unknown-tunnel",
             Self::Route(RouteError::NoAgent(_)) => "no-agent",

@@ -1,14 +1,18 @@
 //! One public request through a tunnel: open a stream to the agent, send the head, pump the
-//! request body, and turn the reply into a streaming response, or splice an upgrade.
+//! request body, and turn the reply into a streaming response, or hand an upgrade to
+//! `upgrade.rs`.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame as BodyFrame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 use protocol::{Frame, HttpVersion, RequestHead, ResponseHead};
 use quinn::{RecvStream, SendStream};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tracing::Instrument;
 use transport::{
     content_length, from_wire, remove_hop_by_hop, remove_hop_by_hop_except_upgrade, send_body,
@@ -16,6 +20,7 @@ use transport::{
 };
 
 use crate::error::ProxyError;
+use crate::upgrade::{is_h2_websocket, switch_protocols, websocket_over_h1};
 use crate::{ProxyBody, State};
 
 /// Forwards `request` to the agent serving `tunnel` and returns the response to send.
@@ -31,11 +36,7 @@ pub(crate) async fn forward(
     scheme: &'static str,
     state: &State,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let lost = |err: &dyn std::fmt::Display| ProxyError::AgentLost {
-        tunnel: tunnel.clone(),
-        reason: err.to_string(),
-    };
-    let (mut send, recv) = open_stream(&tunnel, state).await?;
+    let (mut send, recv, permit) = open_stream(&tunnel, state).await?;
     let stream_id = send.id().index();
 
     // HTTP/1.1 requests an upgrade with `Connection: upgrade`. HTTP/2 opens a WebSocket with an
@@ -49,49 +50,48 @@ pub(crate) async fn forward(
     let span = tracing::debug_span!("stream", stream_id, kind, tunnel = %tunnel);
 
     let (parts, body) = request.into_parts();
-    let mut head = request_head(&parts, &tunnel, client_addr, scheme, upgrade);
+    // The body of an extended CONNECT is the WebSocket itself, spliced once the upstream
+    // accepts, so the request has no body of its own.
+    let empty_body = h2_websocket || body.is_end_stream();
+    let mut head = request_head(&parts, &tunnel, client_addr, scheme, upgrade, empty_body);
     if h2_websocket {
         websocket_over_h1(&mut head);
     }
     tracing::debug!(parent: &span, method = %head.method, target = %head.target, "forwarding request");
-    write_frame(
-        &mut send,
-        &Frame::RequestHead(head),
-        state.config.max_frame_len,
-    )
-    .await
-    .map_err(|err| lost(&err))?;
-
     let max_frame_len = state.config.max_frame_len;
-    let send = if h2_websocket {
-        // The body of an extended CONNECT is the WebSocket itself; it is spliced after the
-        // upstream accepts, so the request side ends here.
+    write_frame(&mut send, &Frame::RequestHead(head), max_frame_len)
+        .await
+        .map_err(|err| ProxyError::AgentLost {
+            tunnel: tunnel.clone(),
+            reason: err.to_string(),
+        })?;
+
+    // The response-header timeout starts once the request is sent whole, so a slow upload is
+    // not mistaken for a slow upstream.
+    let (body_sent, request_sent) = oneshot::channel();
+    let send = if empty_body {
         drop(body);
-        write_frame(&mut send, &Frame::End, max_frame_len)
-            .await
-            .map_err(|err| lost(&err))?;
-        Some(send)
+        let _ = body_sent.send(());
+        if !upgrade {
+            let _ = send.finish();
+        }
+        upgrade.then_some(send)
     } else if upgrade {
-        // The body of an upgrade request (almost always empty) must be complete before the
-        // stream switches to raw bytes, so it is sent inline.
-        send_request_body(body, &mut send, max_frame_len).await;
+        // The body of an upgrade request must be complete before the stream switches to raw
+        // bytes, so it is sent inline.
+        if send_request_body(body, &mut send, max_frame_len).await {
+            let _ = body_sent.send(());
+        }
         Some(send)
     } else {
-        tokio::spawn(pump_request(body, send, max_frame_len).instrument(span.clone()));
+        let pump = pump_request(body, send, max_frame_len, body_sent);
+        tokio::spawn(pump.instrument(span.clone()));
         None
     };
 
     let mut reader = FrameReader::new(recv, max_frame_len);
-    let head = read_response_head(&mut reader, &tunnel, state).await?;
-    let status = StatusCode::from_u16(head.status).map_err(|_| ProxyError::BadResponse {
-        tunnel: tunnel.clone(),
-        reason: format!("invalid status code {}", head.status),
-    })?;
-    let mut headers = from_wire(head.headers).map_err(|err| ProxyError::BadResponse {
-        tunnel: tunnel.clone(),
-        reason: err.to_string(),
-    })?;
-
+    let head = read_response_head(&mut reader, &tunnel, request_sent, state).await?;
+    let (status, headers) = check_head(head.status, head.headers, &tunnel, &mut reader)?;
     if status == StatusCode::SWITCHING_PROTOCOLS {
         let (Some(send), Some(on_upgrade)) = (send, on_upgrade) else {
             reader.stop(protocol::code::PROTOCOL_ERROR);
@@ -100,53 +100,108 @@ pub(crate) async fn forward(
                 reason: "101 Switching Protocols for a request that asked for no upgrade".into(),
             });
         };
-        let status = if h2_websocket {
-            // RFC 8441: the tunnel is open once the CONNECT gets 200; HTTP/2 has no
-            // connection-level upgrade fields and the accept key was for the upstream hop.
-            remove_hop_by_hop(&mut headers);
-            headers.remove("sec-websocket-accept");
-            StatusCode::OK
-        } else {
-            remove_hop_by_hop_except_upgrade(&mut headers);
-            status
-        };
-        tokio::spawn(splice_upgrade(on_upgrade, send, reader).instrument(span));
-        let mut response = Response::new(crate::full_body(bytes::Bytes::new()));
-        *response.status_mut() = status;
-        *response.headers_mut() = headers;
+        let response = switch_protocols(
+            headers,
+            h2_websocket,
+            on_upgrade,
+            send,
+            reader,
+            permit,
+            span,
+        );
         return Ok(response);
-    }
-    if status.is_informational() {
-        reader.stop(protocol::code::PROTOCOL_ERROR);
-        return Err(ProxyError::BadResponse {
-            tunnel,
-            reason: format!("unexpected informational status {status}"),
-        });
     }
     if let Some(mut send) = send {
         // An upgrade that the upstream declined: the request side is complete.
         let _ = send.finish();
     }
+    Ok(streaming_response(
+        status,
+        headers,
+        head.empty_body,
+        reader,
+        permit,
+    ))
+}
 
+/// Checks the status and fields of a response head from the agent.
+fn check_head(
+    status: u16,
+    fields: Vec<protocol::Header>,
+    tunnel: &str,
+    reader: &mut FrameReader,
+) -> Result<(StatusCode, http::HeaderMap), ProxyError> {
+    let bad = |reason: String| ProxyError::BadResponse {
+        tunnel: tunnel.to_string(),
+        reason,
+    };
+    let checked = match StatusCode::from_u16(status) {
+        Ok(code) if code.is_informational() && code != StatusCode::SWITCHING_PROTOCOLS => {
+            Err(bad(format!("unexpected informational status {code}")))
+        }
+        Ok(code) => from_wire(fields)
+            .map(|headers| (code, headers))
+            .map_err(|err| bad(err.to_string())),
+        Err(_) => Err(bad(format!("invalid status code {status}"))),
+    };
+    if checked.is_err() {
+        reader.stop(protocol::code::PROTOCOL_ERROR);
+    }
+    checked
+}
+
+/// Builds the client's response; its body streams from the agent while it holds the agent's
+/// stream permit. An empty body lets HTTP/2 end the stream with the headers.
+fn streaming_response(
+    status: StatusCode,
+    mut headers: http::HeaderMap,
+    empty_body: bool,
+    reader: FrameReader,
+    permit: OwnedSemaphorePermit,
+) -> Response<ProxyBody> {
     remove_hop_by_hop(&mut headers);
-    let length = content_length(&headers);
-    let body = RecvBody::new(reader, length)
+    let body = if empty_body {
+        drop(permit);
+        crate::full_body(bytes::Bytes::new())
+    } else {
+        let length = content_length(&headers);
+        let body = RecvBody::new(reader, length);
+        WithPermit {
+            body,
+            _permit: permit,
+        }
         .map_err(Into::into)
-        .boxed_unsync();
+        .boxed_unsync()
+    };
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
-    Ok(response)
+    response
 }
 
-/// Opens a stream to an agent of `tunnel`. An agent whose connection fails at this point has
-/// seen nothing of the request, so the next agent is tried, up to [`OPEN_ATTEMPTS`] in all.
-async fn open_stream(tunnel: &str, state: &State) -> Result<(SendStream, RecvStream), ProxyError> {
+/// Opens a stream to an agent of `tunnel`, first taking one of that agent's stream permits,
+/// which bound the requests in flight to it. An agent whose connection fails at this point
+/// has seen nothing of the request, so the next agent is tried, up to [`OPEN_ATTEMPTS`].
+async fn open_stream(
+    tunnel: &str,
+    state: &State,
+) -> Result<(SendStream, RecvStream, OwnedSemaphorePermit), ProxyError> {
     let mut last_error = None;
     for _ in 0..OPEN_ATTEMPTS {
         let agent = state.registry.pick(tunnel)?;
+        let wait = state.config.response_header_timeout;
+        let permit = match tokio::time::timeout(wait, agent.streams.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => continue,
+            Err(_) => {
+                return Err(ProxyError::AgentBusy {
+                    tunnel: tunnel.to_string(),
+                    limit: state.config.max_streams_per_agent,
+                })
+            }
+        };
         match agent.connection.open_bi().await {
-            Ok(stream) => return Ok(stream),
+            Ok((send, recv)) => return Ok((send, recv, permit)),
             Err(err) => {
                 tracing::debug!(agent_id = agent.id, error = %err, "agent connection failed; trying another");
                 state.registry.remove(agent.id);
@@ -162,45 +217,13 @@ async fn open_stream(tunnel: &str, state: &State) -> Result<(SendStream, RecvStr
 
 const OPEN_ATTEMPTS: usize = 3;
 
-/// Returns whether `request` is an HTTP/2 extended CONNECT for the `websocket` protocol.
-fn is_h2_websocket(request: &Request<Incoming>) -> bool {
-    request.version() == Version::HTTP_2
-        && request.method() == http::Method::CONNECT
-        && request
-            .extensions()
-            .get::<hyper::ext::Protocol>()
-            .is_some_and(|protocol| protocol.as_str().eq_ignore_ascii_case("websocket"))
-}
-
-/// Rewrites the head of an RFC 8441 WebSocket CONNECT as the RFC 6455 HTTP/1.1 handshake the
-/// upstream expects: a GET with `Upgrade: websocket` and a fresh `Sec-WebSocket-Key`.
-/// `Sec-WebSocket-Version`, `-Protocol` and `-Extensions` pass through as the client sent them.
-fn websocket_over_h1(head: &mut RequestHead) {
-    use base64::Engine as _;
-
-    head.method = "GET".to_string();
-    head.headers.retain(|field| {
-        !matches!(
-            field.name.as_str(),
-            "upgrade" | "connection" | "sec-websocket-key"
-        )
-    });
-    let key: [u8; 16] = rand::random();
-    let key = base64::engine::general_purpose::STANDARD.encode(key);
-    head.headers
-        .push(protocol::Header::new("upgrade", "websocket"));
-    head.headers
-        .push(protocol::Header::new("connection", "upgrade"));
-    head.headers
-        .push(protocol::Header::new("sec-websocket-key", key));
-}
-
 fn request_head(
     parts: &http::request::Parts,
     tunnel: &str,
     client_addr: SocketAddr,
     scheme: &str,
     upgrade: bool,
+    empty_body: bool,
 ) -> RequestHead {
     let mut headers = parts.headers.clone();
     if upgrade {
@@ -210,12 +233,12 @@ fn request_head(
     }
     // hyper already sent `100 Continue` when the body was first read, so the upstream must not.
     headers.remove(http::header::EXPECT);
-    // HTTP/2 clients send the host as :authority; the HTTP/1.1 upstream needs a Host field.
-    if !headers.contains_key(http::header::HOST) {
-        if let Some(authority) = parts.uri.authority() {
-            if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
-                headers.insert(http::header::HOST, value);
-            }
+    // The request was routed on the authority of an absolute-form or HTTP/2 target when it has
+    // one, so the upstream must see that same host (RFC 9112, section 3.2.2), whatever Host
+    // field the client also sent.
+    if let Some(authority) = parts.uri.authority() {
+        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+            headers.insert(http::header::HOST, value);
         }
     }
 
@@ -238,24 +261,36 @@ fn request_head(
         headers: to_wire(&headers),
         client_addr,
         upgrade,
+        empty_body,
     }
 }
 
+/// Reads the agent's response head. The header timeout counts from the moment
+/// `request_sent` completes: when the request body has been sent, or failed.
 async fn read_response_head(
     reader: &mut FrameReader,
     tunnel: &str,
+    request_sent: oneshot::Receiver<()>,
     state: &State,
 ) -> Result<ResponseHead, ProxyError> {
     let timeout = state.config.response_header_timeout;
-    let frame = match tokio::time::timeout(timeout, reader.next()).await {
-        Ok(frame) => frame,
-        Err(_) => {
+    let deadline = async {
+        let _ = request_sent.await;
+        tokio::time::sleep(timeout).await;
+    };
+    let frame = tokio::select! {
+        frame = reader.next() => frame,
+        () = deadline => {
             reader.stop(protocol::code::STREAM_CANCELLED);
             return Err(ProxyError::HeaderTimeout {
                 tunnel: tunnel.to_string(),
                 seconds: timeout.as_secs(),
             });
         }
+    };
+    let lost = |reason: String| ProxyError::AgentLost {
+        tunnel: tunnel.to_string(),
+        reason,
     };
     match frame {
         Ok(Some(Frame::ResponseHead(head))) => Ok(head),
@@ -273,19 +308,19 @@ async fn read_response_head(
                 ),
             })
         }
-        Ok(None) => Err(ProxyError::AgentLost {
-            tunnel: tunnel.to_string(),
-            reason: "stream closed before a response head".to_string(),
-        }),
-        Err(err) => Err(ProxyError::AgentLost {
-            tunnel: tunnel.to_string(),
-            reason: err.to_string(),
-        }),
+        Ok(None) => Err(lost("stream closed before a response head".to_string())),
+        Err(err) => Err(lost(err.to_string())),
     }
 }
 
-async fn pump_request(body: Incoming, mut send: SendStream, max_frame_len: u32) {
+async fn pump_request(
+    body: Incoming,
+    mut send: SendStream,
+    max_frame_len: u32,
+    body_sent: oneshot::Sender<()>,
+) {
     if send_request_body(body, &mut send, max_frame_len).await {
+        let _ = body_sent.send(());
         let _ = send.finish();
     }
 }
@@ -304,30 +339,36 @@ async fn send_request_body(body: Incoming, send: &mut SendStream, max_frame_len:
             false
         }
         Err(err @ (SendBodyError::Write(_) | SendBodyError::Stopped)) => {
-            // The agent stopped reading because its upstream responded without the rest of the body.
+            // The agent stopped reading because its upstream responded without the rest of
+            // the body.
             tracing::debug!(error = %err, "agent stopped reading request body");
             false
         }
     }
 }
 
-async fn splice_upgrade(on_upgrade: OnUpgrade, send: SendStream, reader: FrameReader) {
-    let (recv, pending): (RecvStream, bytes::Bytes) = reader.into_parts();
-    let upgraded = match on_upgrade.await {
-        Ok(upgraded) => upgraded,
-        Err(err) => {
-            tracing::debug!(error = %err, "client connection failed during upgrade");
-            let mut send = send;
-            let _ = send.reset(transport::code(protocol::code::STREAM_ABORTED));
-            return;
-        }
-    };
-    match transport::splice_upgraded(upgraded, send, recv, pending).await {
-        Ok(outcome) => tracing::debug!(
-            to_agent = outcome.to_stream,
-            to_client = outcome.from_stream,
-            "upgraded connection closed"
-        ),
-        Err(err) => tracing::debug!(error = %err, "upgraded connection failed"),
+/// A response body that keeps the agent's stream permit until the body ends or is dropped.
+struct WithPermit<B> {
+    body: B,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<B: Body + Unpin> Body for WithPermit<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

@@ -17,6 +17,7 @@ mod limits;
 mod registry;
 mod tls;
 mod tunnels;
+mod upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -17,6 +17,8 @@ pub(crate) struct Agent {
     /// Non-secret id of the token the agent authenticated with.
     pub token_id: String,
     pub connection: quinn::Connection,
+    /// Permits for requests in flight to this agent, `--max-streams-per-agent` in all.
+    pub streams: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Reason a request found no agent.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use protocol::{Frame, Hello, HelloReply, RefuseReason};
 use quinn::{Connection, Incoming, SendStream};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 use transport::{write_frame, FrameReader};
 
@@ -96,6 +97,7 @@ async fn handshake(
         peer,
         token_id,
         connection: connection.clone(),
+        streams: Arc::new(Semaphore::new(state.config.max_streams_per_agent as usize)),
     };
     // Registering before the reply makes the name check and the claim one step, so two agents
     // of different tokens cannot both win a name.

@@ -190,6 +190,8 @@ pub struct RequestHead {
     pub client_addr: SocketAddr,
     /// The client asked for a protocol upgrade (`Connection: upgrade` with `Upgrade`).
     pub upgrade: bool,
+    /// The request has no body: no data, end or trailers frame follows this head.
+    pub empty_body: bool,
 }
 
 /// Head of the upstream's response.
@@ -197,6 +199,10 @@ pub struct RequestHead {
 pub struct ResponseHead {
     pub status: u16,
     pub headers: Vec<Header>,
+    /// The response has no body: no data, end or trailers frame follows this head. An HTTP/2
+    /// receiver can then end the stream with the headers, which gRPC needs for responses that
+    /// carry their status in the headers alone.
+    pub empty_body: bool,
 }
 
 /// Report that the agent could not get a response from the upstream.

@@ -11,7 +11,8 @@
 //!   `Drain` when the agent is leaving.
 //! - request stream (one per public request, opened by the ingress): `RequestHead`, then the
 //!   request body as `Data` frames closed by `End` or `Trailers`; the agent answers with
-//!   `ResponseHead` (or `Failure`), then `Data` frames closed by `End` or `Trailers`. After a
+//!   `ResponseHead` (or `Failure`), then `Data` frames closed by `End` or `Trailers`. A head
+//!   marked `empty_body` is followed by no body frames at all. After a
 //!   `101 Switching Protocols` head both directions carry raw bytes with no framing until the
 //!   stream is finished. A QUIC stream reset means the body was cut short.
 

@@ -52,10 +52,12 @@ fn seeds() -> Vec<Vec<u8>> {
             ],
             client_addr: "[::1]:5000".parse().expect("valid address"),
             upgrade: true,
+            empty_body: true,
         }),
         Frame::ResponseHead(ResponseHead {
             status: 101,
             headers: vec![Header::new("upgrade", "websocket")],
+            empty_body: false,
         }),
         Frame::Data(Bytes::from_static(b"body bytes")),
         Frame::Trailers(vec![Header::new("grpc-status", "0")]),

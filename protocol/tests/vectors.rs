@@ -49,15 +49,17 @@ fn golden() -> Vec<(Frame, &'static str)> {
                 headers: vec![Header::new("host", "app.localhost")],
                 client_addr: "127.0.0.1:40000".parse().expect("valid address"),
                 upgrade: false,
+                empty_body: true,
             }),
-            "030000002d0361707003474554012f0104687474700104686f73740d6170702e6c6f63616c686f7374007f000001fb409c00",
+            "030000002e0361707003474554012f0104687474700104686f73740d6170702e6c6f63616c686f7374007f000001fb409c0001",
         ),
         (
             Frame::ResponseHead(ResponseHead {
                 status: 200,
                 headers: vec![Header::new("content-length", "2")],
+                empty_body: false,
             }),
-            "0400000013c8010e636f6e74656e742d6c656e6774680132",
+            "0400000014c8010e636f6e74656e742d6c656e677468013200",
         ),
         (Frame::Data(Bytes::from_static(b"hi")), "05000000026869"),
         (Frame::Trailers(vec![Header::new("grpc-status", "0")]), "060000000f010b677270632d7374617475730130"),
@@ -126,10 +128,16 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
                     headers,
                     client_addr,
                     upgrade,
+                    empty_body: !upgrade,
                 })
             }),
-        (any::<u16>(), headers.clone())
-            .prop_map(|(status, headers)| Frame::ResponseHead(ResponseHead { status, headers })),
+        (any::<u16>(), headers.clone()).prop_map(|(status, headers)| Frame::ResponseHead(
+            ResponseHead {
+                status,
+                headers,
+                empty_body: status == 204
+            }
+        )),
         proptest::collection::vec(any::<u8>(), 0..2000).prop_map(|data| Frame::Data(data.into())),
         headers.prop_map(Frame::Trailers),
         Just(Frame::End),

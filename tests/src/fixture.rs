@@ -137,6 +137,7 @@ async fn route(
         "/sse" => sse(number("events", 5), number("interval_ms", 200), observed),
         "/gzip" => gzip(),
         "/trailers" => with_trailers(),
+        "/trailers-only" => trailers_only(),
         "/die/length" => die(true),
         "/die/chunked" => die(false),
         "/slow-head" => {
@@ -315,6 +316,23 @@ fn with_trailers() -> Response<FixtureBody> {
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+/// Builds a gRPC "trailers-only" error: status in the headers, no body at all, so an HTTP/2
+/// server ends the stream with the HEADERS frame.
+fn trailers_only() -> Response<FixtureBody> {
+    let mut response = Response::new(full(Bytes::new()));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static("5"));
+    headers.insert(
+        "grpc-message",
+        HeaderValue::from_static("thing%20not%20found"),
     );
     response
 }

@@ -240,3 +240,68 @@ async fn repeated_bad_tokens_rate_limited() {
         }
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upload_not_mistaken_for_slow_upstream() {
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+
+    let tunnel = Tunnel::start_with(|config| {
+        config.response_header_timeout = Duration::from_millis(500);
+    })
+    .await;
+    // 8 chunks, 200 ms apart: the upload takes 1.4 s, three times the header timeout.
+    let (sender, receiver) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, tunnel_tests::BoxError>>(1);
+    tokio::spawn(async move {
+        for _ in 0..8 {
+            let _ = sender
+                .send(Ok(hyper::body::Frame::data(Bytes::from(vec![7u8; 1000]))))
+                .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    });
+    let body = http_body_util::StreamBody::new(stream).boxed();
+    let request = http::Request::post(tunnel.url("/upload"))
+        .body(body)
+        .expect("valid request");
+    let response =
+        tunnel_tests::client::collect(tunnel_tests::client::send(Protocol::Http1, request).await)
+            .await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.headers["x-received-bytes"], "8000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_per_agent_limited() {
+    let tunnel = Tunnel::start_with(|config| {
+        config.max_streams_per_agent = 2;
+        config.response_header_timeout = Duration::from_millis(700);
+    })
+    .await;
+    // Two slow responses take both slots; a third request waits, then gets 503.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let url = tunnel.url("/drip?lines=3&interval_ms=500");
+        slow.push(tokio::spawn(
+            async move { get_all(Protocol::Http1, &url).await },
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let third = get_all(Protocol::Http1, &tunnel.url("/small")).await;
+    assert_eq!(third.status, 503);
+    assert_eq!(third.headers["x-ingress-error"], "agent-busy");
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    for task in slow {
+        assert_eq!(task.await.expect("slow request").status, 200);
+    }
+    // With the slots free again, requests go through.
+    assert_eq!(
+        get_all(Protocol::Http1, &tunnel.url("/small")).await.status,
+        200
+    );
+}

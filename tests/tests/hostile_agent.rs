@@ -66,6 +66,7 @@ async fn invalid_status_code_is_502() {
     let head = Frame::ResponseHead(ResponseHead {
         status: 1000,
         headers: vec![],
+        empty_body: false,
     });
     assert_eq!(
         answer_with(encoded(&head)).await,
@@ -78,6 +79,7 @@ async fn informational_status_is_502() {
     let head = Frame::ResponseHead(ResponseHead {
         status: 103,
         headers: vec![],
+        empty_body: false,
     });
     assert_eq!(
         answer_with(encoded(&head)).await,
@@ -90,6 +92,7 @@ async fn invalid_header_bytes_are_502() {
     let head = Frame::ResponseHead(ResponseHead {
         status: 200,
         headers: vec![Header::new("x-bad", b"line\r\nbreak".to_vec())],
+        empty_body: false,
     });
     assert_eq!(
         answer_with(encoded(&head)).await,
@@ -159,6 +162,7 @@ async fn response_frames_after_end_are_ignored_safely() {
     let mut bytes = encoded(&Frame::ResponseHead(ResponseHead {
         status: 200,
         headers: vec![Header::new("content-length", "2")],
+        empty_body: false,
     }));
     bytes.extend(encoded(&Frame::Data(bytes::Bytes::from_static(b"ok"))));
     bytes.extend(encoded(&Frame::End));

@@ -240,3 +240,41 @@ async fn trailers_reach_http2_client() {
     assert_eq!(trailers["grpc-message"], "not%20found");
     assert_eq!(collected.to_bytes(), Bytes::from_static(b"\0\0\0\0\0"));
 }
+
+/// A gRPC error with no message has its status in the response headers and no body. The
+/// HTTP/2 client must see the stream end with those headers, or gRPC reports UNKNOWN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_only_response_ends_with_headers() {
+    use http_body::Body as _;
+
+    let tunnel = Tunnel::start().await;
+    let mut agent = tunnel_tests::RunningAgent::start_with_protocol(
+        tunnel.ingress.quic_addr,
+        &tunnel.ingress.cert_sha256,
+        tunnel_tests::TOKEN,
+        &[("grpc", tunnel.fixture.addr)],
+        tunnel_agent::UpstreamProtocol::H2c,
+    )
+    .expect("start h2c agent");
+    agent
+        .wait_connected(std::time::Duration::from_secs(10))
+        .await
+        .expect("agent up");
+
+    let url = format!(
+        "http://grpc.localhost:{}/trailers-only",
+        tunnel.ingress.http_addr.port()
+    );
+    let request = Request::post(url)
+        .header("te", "trailers")
+        .body(client::full(Bytes::from_static(b"\0\0\0\0\0")))
+        .expect("valid request");
+    let response = client::send(Protocol::H2c, request).await;
+    assert_eq!(response.headers()["grpc-status"], "5");
+    assert_eq!(response.headers()["grpc-message"], "thing%20not%20found");
+    // hyper's HTTP/2 client marks a body as ended when the HEADERS frame carried END_STREAM.
+    assert!(
+        response.body().is_end_stream(),
+        "the stream did not end with the headers"
+    );
+}

@@ -86,7 +86,13 @@ fn missing_prerequisite() -> Option<String> {
     {
         return Some("python3 with the websockets package is not installed".to_string());
     }
-    let name = format!("it-probe-{}", std::process::id());
+    // Unique per call: the tests run in parallel, and a clash would read as "cannot create".
+    static PROBES: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "it-probe-{}-{}",
+        std::process::id() % 100_000,
+        PROBES.fetch_add(1, Ordering::Relaxed)
+    );
     let made = Command::new("ip").args(["netns", "add", &name]).output();
     let _ = Command::new("ip").args(["netns", "del", &name]).output();
     match made {

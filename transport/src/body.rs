@@ -48,6 +48,17 @@ impl RecvBody {
     }
 }
 
+impl RecvBody {
+    /// Wraps a reader for a head marked `empty_body`: the body ends before any frame.
+    pub fn empty(reader: FrameReader) -> Self {
+        Self {
+            reader,
+            done: true,
+            length: Some(0),
+        }
+    }
+}
+
 impl Body for RecvBody {
     type Data = Bytes;
     type Error = RecvBodyError;

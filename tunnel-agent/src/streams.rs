@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use protocol::{Failure, FailureKind, Frame, RequestHead, ResponseHead};
 use quinn::{RecvStream, SendStream};
 use transport::{
@@ -85,8 +85,11 @@ async fn forward_http(
     mut send: SendStream,
     context: &StreamContext,
 ) {
-    let length = request_length(&head);
-    let body = RecvBody::new(reader, length);
+    let body = if head.empty_body {
+        RecvBody::empty(reader)
+    } else {
+        RecvBody::new(reader, request_length(&head))
+    };
     let request = match build_request(head, upstream, body) {
         Ok(request) => request,
         Err(failure) => return fail(&mut send, failure, context.max_frame_len).await,
@@ -115,9 +118,13 @@ async fn send_response(response: Response<Incoming>, mut send: SendStream, max_f
     let (parts, body) = response.into_parts();
     let mut headers = parts.headers;
     remove_hop_by_hop(&mut headers);
+    // Known at head time for 204 and 304 responses, HEAD requests, `Content-Length: 0`, and an
+    // HTTP/2 upstream that ended the stream with its headers (a gRPC error, for one).
+    let empty_body = body.is_end_stream();
     let head = Frame::ResponseHead(ResponseHead {
         status: parts.status.as_u16(),
         headers: to_wire(&headers),
+        empty_body,
     });
     if let Err(err) = write_frame(&mut send, &head, max_frame_len).await {
         tracing::debug!(error = %err, "failed to send response head");
@@ -128,6 +135,10 @@ async fn send_response(response: Response<Incoming>, mut send: SendStream, max_f
             };
             fail(&mut send, failure, max_frame_len).await;
         }
+        return;
+    }
+    if empty_body {
+        let _ = send.finish();
         return;
     }
 
@@ -155,7 +166,7 @@ async fn forward_upgrade(
     mut send: SendStream,
     context: &StreamContext,
 ) {
-    let body = match read_small_body(&mut reader).await {
+    let body = match read_small_body(&mut reader, head.empty_body).await {
         Ok(body) => body,
         Err(message) => {
             let failure = Failure {
@@ -183,6 +194,7 @@ async fn forward_upgrade(
     let head = Frame::ResponseHead(ResponseHead {
         status: StatusCode::SWITCHING_PROTOCOLS.as_u16(),
         headers: to_wire(&headers),
+        empty_body: true,
     });
     if write_frame(&mut send, &head, context.max_frame_len)
         .await
@@ -211,8 +223,11 @@ async fn forward_upgrade(
 }
 
 /// Reads body frames up to the end frame, at most [`MAX_UPGRADE_BODY`] bytes.
-async fn read_small_body(reader: &mut FrameReader) -> Result<Bytes, String> {
+async fn read_small_body(reader: &mut FrameReader, empty: bool) -> Result<Bytes, String> {
     let mut body = BytesMut::new();
+    if empty {
+        return Ok(body.freeze());
+    }
     loop {
         match reader.next().await {
             Ok(Some(Frame::Data(data))) => {

@@ -33,10 +33,12 @@ fn sample_frames() -> Vec<Frame> {
             ],
             client_addr: "127.0.0.1:5555".parse().unwrap(),
             upgrade: false,
+            empty_body: true,
         }),
         Frame::ResponseHead(ResponseHead {
             status: 200,
             headers: vec![Header::new("content-length", "5")],
+            empty_body: false,
         }),
         Frame::Data(Bytes::from_static(b"hello")),
         Frame::Data(Bytes::new()),
