@@ -292,6 +292,10 @@ fn head_size(request: &Request<Incoming>) -> usize {
 /// Finds the tunnel name in the request's authority (HTTP/2, absolute-form HTTP/1.1) or Host
 /// field: the label in front of `.<domain>`, port ignored.
 fn tunnel_name(request: &Request<Incoming>, domain: &str) -> Result<String, ProxyError> {
+    // Two Host fields make the target ambiguous (RFC 9112, section 3.2).
+    if request.headers().get_all(http::header::HOST).iter().count() > 1 {
+        return Err(ProxyError::BadHost);
+    }
     let host = match request.uri().authority() {
         Some(authority) => authority.host().to_string(),
         None => {

@@ -81,8 +81,10 @@ impl Ingress {
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("failed to listen for HTTP on {}", config.http_addr))?;
-        let endpoint = transport::bind_endpoint(config.quic_addr, Some(server_config))
-            .with_context(|| format!("failed to listen for QUIC on udp/{}", config.quic_addr))?;
+        let endpoint_config = tls::endpoint_config(&config)?;
+        let endpoint =
+            transport::bind_endpoint_with(config.quic_addr, Some(server_config), endpoint_config)
+                .with_context(|| format!("failed to listen for QUIC on udp/{}", config.quic_addr))?;
         let http_port = listener.local_addr()?.port();
 
         let mut known = config.declared_tunnels.clone();

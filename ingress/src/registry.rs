@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
@@ -19,7 +20,30 @@ pub(crate) struct Agent {
     pub connection: quinn::Connection,
     /// Permits for requests in flight to this agent, `--max-streams-per-agent` in all.
     pub streams: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Datagrams received from the agent when last counted, and when that count last grew.
+    pub heard: std::sync::Arc<Mutex<(u64, Instant)>>,
 }
+
+impl Agent {
+    /// Returns whether nothing has arrived from the agent for [`QUIET_AFTER`]. Both sides send
+    /// keep-alives every 2 s, so a live agent's datagram count never stands still that long;
+    /// an agent killed without closing its connection goes quiet long before its idle timeout
+    /// ends the connection.
+    fn is_quiet(&self, now: Instant) -> bool {
+        let received = self.connection.stats().udp_rx.datagrams;
+        let mut heard = self
+            .heard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if received != heard.0 {
+            *heard = (received, now);
+        }
+        now.duration_since(heard.1) > QUIET_AFTER
+    }
+}
+
+/// Silence after which an agent is passed over while another agent of its tunnel is live.
+const QUIET_AFTER: Duration = Duration::from_secs(5);
 
 /// Reason a request found no agent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,8 +134,16 @@ impl Registry {
         if tunnel.agents.is_empty() {
             return Err(RouteError::NoAgent(name.to_string()));
         }
-        let index = tunnel.next % tunnel.agents.len();
+        // Rotate among agents that were heard from recently; only when all are quiet does a
+        // quiet one get the request, which may then wait for the connection's idle timeout.
+        let now = Instant::now();
+        let count = tunnel.agents.len();
+        let start = tunnel.next;
         tunnel.next = tunnel.next.wrapping_add(1);
+        let live = (0..count)
+            .map(|offset| (start + offset) % count)
+            .find(|index| !tunnel.agents[*index].is_quiet(now));
+        let index = live.unwrap_or(start % count);
         Ok(tunnel.agents[index].clone())
     }
 

@@ -113,6 +113,40 @@ pub(crate) fn public_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
 }
 
+const RESET_KEY_FILE: &str = "quic-reset-key";
+
+/// Builds the endpoint configuration with the stateless reset key kept in the state directory.
+/// A restarted ingress with the same key can reset the connections agents still hold to the
+/// old process, so they reconnect at once instead of after their idle timeout.
+///
+/// # Errors
+///
+/// Returns an error when the key file cannot be read or written.
+pub(crate) fn endpoint_config(config: &Config) -> anyhow::Result<quinn::EndpointConfig> {
+    let path = config.state_dir.join(RESET_KEY_FILE);
+    let key = match fs::read(&path) {
+        Ok(key) if key.len() == 32 => key,
+        Ok(_) => bail!(
+            "{} is not a 32-byte key; delete it to make a new one",
+            path.display()
+        ),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(&config.state_dir).with_context(|| {
+                format!(
+                    "failed to create state directory {}",
+                    config.state_dir.display()
+                )
+            })?;
+            let key: [u8; 32] = rand::random();
+            write_private(&path, &key)?;
+            key.to_vec()
+        }
+        Err(err) => return Err(err).with_context(|| format!("failed to read {}", path.display())),
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+    Ok(quinn::EndpointConfig::new(Arc::new(key)))
+}
+
 fn read_identity(cert_path: &Path, key_path: &Path) -> anyhow::Result<Identity> {
     let cert_pem =
         fs::read(cert_path).with_context(|| format!("failed to read {}", cert_path.display()))?;

@@ -98,6 +98,7 @@ async fn handshake(
         token_id,
         connection: connection.clone(),
         streams: Arc::new(Semaphore::new(state.config.max_streams_per_agent as usize)),
+        heard: Arc::new(std::sync::Mutex::new((0, Instant::now()))),
     };
     // Registering before the reply makes the name check and the claim one step, so two agents
     // of different tokens cannot both win a name.

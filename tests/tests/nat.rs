@@ -523,7 +523,8 @@ fn nat_rebinding_keeps_websocket_and_download() {
 fn idle_websocket_outlives_nat_timeout() {
     skip_without_namespaces!();
     let mut network = Network::build();
-    // Expire idle UDP mappings after 3 s; the agent's 5 s keep-alives must bridge longer gaps.
+    // Expire idle UDP mappings after 3 s, longer than the 2 s keep-alive interval, so the
+    // keep-alives must hold the mapping open through a 12 s pause in the WebSocket.
     for key in [
         "net.netfilter.nf_conntrack_udp_timeout=3",
         "net.netfilter.nf_conntrack_udp_timeout_stream=3",

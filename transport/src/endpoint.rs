@@ -31,9 +31,10 @@ impl Default for TransportLimits {
             max_concurrent_streams: 4096,
             stream_window: 4 * 1024 * 1024,
             connection_window: 16 * 1024 * 1024,
-            // Common NAT UDP mappings expire after 30 s of silence; 5 s stays well inside that.
-            keep_alive: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(20),
+            // Common NAT UDP mappings expire after 30 s of silence, so 2 s stays well inside
+            // that. A peer that sends nothing for 10 s (five keep-alive periods) is taken as dead.
+            keep_alive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -69,13 +70,22 @@ pub fn bind_endpoint(
     addr: SocketAddr,
     server: Option<ServerConfig>,
 ) -> io::Result<quinn::Endpoint> {
+    bind_endpoint_with(addr, server, EndpointConfig::default())
+}
+
+/// [`bind_endpoint`] with an endpoint configuration, for a server that keeps its stateless
+/// reset key across restarts.
+///
+/// # Errors
+///
+/// Returns an error when the socket cannot be created or bound to `addr`.
+pub fn bind_endpoint_with(
+    addr: SocketAddr,
+    server: Option<ServerConfig>,
+    config: EndpointConfig,
+) -> io::Result<quinn::Endpoint> {
     let socket = bind_udp(addr)?;
-    quinn::Endpoint::new(
-        EndpointConfig::default(),
-        server,
-        socket,
-        Arc::new(TokioRuntime),
-    )
+    quinn::Endpoint::new(config, server, socket, Arc::new(TokioRuntime))
 }
 
 // The kernel caps these at net.core.rmem_max / wmem_max; asking for more is harmless, and the

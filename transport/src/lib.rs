@@ -16,7 +16,9 @@ mod splice;
 
 pub use body::{content_length, send_body, RecvBody, RecvBodyError, SendBodyError};
 pub use duration::parse_duration;
-pub use endpoint::{bind_endpoint, bind_udp, transport_config, TransportLimits};
+pub use endpoint::{
+    bind_endpoint, bind_endpoint_with, bind_udp, transport_config, TransportLimits,
+};
 pub use frames::{write_data, write_frame, FrameReader, ReadFrameError, WriteFrameError};
 pub use headers::{
     from_wire, is_upgrade_request, remove_hop_by_hop, remove_hop_by_hop_except_upgrade, to_wire,

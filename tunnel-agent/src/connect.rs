@@ -59,7 +59,14 @@ pub(crate) async fn run(
                     shutdown.as_mut(),
                 );
                 match serving.await {
-                    SessionEnd::Shutdown => return Ok(()),
+                    SessionEnd::Shutdown => {
+                        // Wait for the close to reach the ingress, so it drops this agent now
+                        // rather than after its idle timeout.
+                        if let Some((endpoint, _)) = &endpoint {
+                            let _ = tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()).await;
+                        }
+                        return Ok(());
+                    }
                     SessionEnd::Lost(reason) => {
                         tracing::warn!(%reason, "tunnel down; reconnecting");
                         let _ = status.send(Status::Disconnected { reason });
@@ -177,6 +184,9 @@ async fn connect(
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait on shutdown for the connection close to be sent and acknowledged.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 async fn resolve(ingress: &str) -> anyhow::Result<SocketAddr> {
     let mut addrs = tokio::net::lookup_host(ingress)

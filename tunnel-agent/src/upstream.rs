@@ -19,6 +19,9 @@ use transport::{from_wire, remove_hop_by_hop, remove_hop_by_hop_except_upgrade, 
 
 use crate::config::{Config, Upstream, UpstreamProtocol};
 
+/// Response header fields the agent accepts from an HTTP/1.1 upstream.
+const MAX_RESPONSE_FIELDS: usize = 500;
+
 /// The configured upstreams and the clients that reach them.
 pub(crate) struct Upstreams {
     tunnels: BTreeMap<String, Upstream>,
@@ -34,7 +37,11 @@ impl Upstreams {
         connector.set_connect_timeout(Some(config.upstream_connect_timeout));
 
         let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(Duration::from_secs(60));
+        // hyper's default of 100 response fields is below what some applications send; the
+        // ingress's own limits still apply on the way out.
+        builder
+            .pool_idle_timeout(Duration::from_secs(60))
+            .http1_max_headers(MAX_RESPONSE_FIELDS);
         let http1 = builder.build(connector.clone());
         let h2c = Client::builder(TokioExecutor::new())
             .http2_only(true)
