@@ -115,9 +115,11 @@ pub(crate) fn public_acceptor(
 
 const RESET_KEY_FILE: &str = "quic-reset-key";
 
-/// Builds the endpoint configuration with the stateless reset key kept in the state directory.
-/// A restarted ingress with the same key can reset the connections agents still hold to the
-/// old process, so they reconnect at once instead of after their idle timeout.
+/// Builds the endpoint configuration from a secret kept in the state directory. A restarted
+/// ingress derives the same stateless reset key and connection-ID key from it, so it can tell
+/// the connection IDs of the old process as its own and reset the connections agents still
+/// hold to that process. The agents then reconnect at once instead of after their idle
+/// timeout.
 ///
 /// # Errors
 ///
@@ -144,7 +146,16 @@ pub(crate) fn endpoint_config(config: &Config) -> anyhow::Result<quinn::Endpoint
         Err(err) => return Err(err).with_context(|| format!("failed to read {}", path.display())),
     };
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
-    Ok(quinn::EndpointConfig::new(Arc::new(key)))
+    let cid_tag = ring::hmac::sign(&key, b"connection id key");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid_tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+
+    let mut endpoint = quinn::EndpointConfig::new(Arc::new(key));
+    endpoint.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    Ok(endpoint)
 }
 
 fn read_identity(cert_path: &Path, key_path: &Path) -> anyhow::Result<Identity> {

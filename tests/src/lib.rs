@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod fixture;
+pub mod process;
 pub mod relay;
 pub mod rogue;
 

@@ -7,7 +7,6 @@
 //! inside the namespaces: 10.200.1.0/24 between public and router, 10.200.2.0/24 between router
 //! and home.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tunnel_tests::fixture::pattern;
+use tunnel_tests::process::{binary, wait_for_line};
 
 const INGRESS_IP: &str = "10.200.1.1";
 const ROUTER_PUBLIC_IP: &str = "10.200.1.2";
@@ -112,23 +112,6 @@ macro_rules! skip_without_namespaces {
             return;
         }
     };
-}
-
-/// Directory of the workspace's debug binaries (`ingress`, `tunnel-agent`, `fixture-server`).
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/debug/deps/nat-HASH -> target/debug/NAME
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target directory");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing; run cargo test --workspace so it is built",
-        path.display()
-    );
-    path
 }
 
 impl Network {
@@ -366,21 +349,6 @@ impl Network {
             .spawn()
             .unwrap_or_else(|err| panic!("starting {program}: {err}"))
     }
-}
-
-fn wait_for_line(stdout: std::process::ChildStdout, prefix: &str) -> String {
-    let (sender, receiver) = std::sync::mpsc::channel();
-    let wanted = prefix.to_string();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with(&wanted) {
-                let _ = sender.send(line);
-            }
-        }
-    });
-    receiver
-        .recv_timeout(Duration::from_secs(15))
-        .unwrap_or_else(|_| panic!("no line starting with {:?} within 15 s", prefix))
 }
 
 fn finish(child: Child, within: Duration) -> Output {
