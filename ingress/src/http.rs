@@ -68,7 +68,7 @@ async fn serve_client(
         // builder. The auto builder wraps the socket in a private type, and an upgraded
         // connection could then not be taken back as the plain socket that the buffer-free
         // splice needs.
-        match starts_with_h2_preface(&stream).await {
+        match starts_with_h2_preface(&stream, state.config.header_read_timeout).await {
             Ok(h2) => {
                 serve_http(
                     TokioIo::new(stream),
@@ -88,7 +88,7 @@ async fn serve_client(
         return;
     };
 
-    let handshake = tokio::time::timeout(PREFACE_TIMEOUT, acceptor.accept(stream));
+    let handshake = tokio::time::timeout(state.config.header_read_timeout, acceptor.accept(stream));
     let tls = match handshake.await {
         Ok(Ok(tls)) => tls,
         Ok(Err(err)) => {
@@ -142,7 +142,11 @@ async fn serve_http<I>(
         builder
             .timer(TokioTimer::new())
             .max_header_list_size(max_header_bytes)
-            .enable_connect_protocol();
+            .enable_connect_protocol()
+            // A peer that does not answer a ping within 20 s is gone; its connection and
+            // streams are dropped instead of held open.
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20));
         drive(builder.serve_connection(io, service), draining).await
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -207,10 +211,11 @@ async fn drive<C: Drainable>(
 }
 
 /// Returns whether the client opened with the HTTP/2 connection preface (prior knowledge),
-/// without consuming any bytes. Waits at most [`PREFACE_TIMEOUT`] for enough bytes to decide.
-async fn starts_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
+/// without consuming any bytes. Waits at most `limit` for enough bytes to decide, so a
+/// connection that sends nothing is closed after the header read timeout like a slow one.
+async fn starts_with_h2_preface(stream: &TcpStream, limit: Duration) -> std::io::Result<bool> {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let deadline = tokio::time::Instant::now() + PREFACE_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + limit;
     let mut buf = [0u8; 24];
     loop {
         let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
@@ -229,9 +234,6 @@ async fn starts_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
-
-/// Time a new connection has to send enough bytes to tell HTTP/1.1 from HTTP/2.
-const PREFACE_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn handle(
     request: Request<Incoming>,

@@ -145,3 +145,20 @@ async fn connections_per_address_limited() {
     let read = socket.read(&mut buf).await.expect("read");
     assert!(String::from_utf8_lossy(&buf[..read]).starts_with("HTTP/1.1 200 "));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connection_closed() {
+    let tunnel =
+        Tunnel::start_with(|config| config.header_read_timeout = Duration::from_millis(500)).await;
+    let mut socket = TcpStream::connect(tunnel.ingress.http_addr)
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await;
+    let read = read
+        .expect("silent connection closed within 5 s")
+        .unwrap_or(0);
+    assert_eq!(read, 0);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+}
