@@ -118,6 +118,7 @@ async fn agent_recovers_from_ingress_crash() {
         "a known tunnel without its agent must be 502, not 404"
     );
     let took = time_until_ok(&url, Duration::from_secs(15)).await;
+    eprintln!("after kill -9 and restart of the ingress, traffic flowed again after {took:?}");
     assert!(took < Duration::from_secs(6), "tunnel back after {took:?}");
 }
 
@@ -157,4 +158,65 @@ async fn ingress_routes_around_killed_agent() {
             started.elapsed()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_tokens_file() {
+    tunnel_tests::init_tracing();
+    let state = TempDir::new("sighup");
+    let tokens = state.path.join("tokens.toml");
+    std::fs::write(&tokens, "[tokens]\n\"first\" = [\"app\"]\n").expect("write tokens file");
+    let quic = free_port();
+    let mut child = Command::new(binary("ingress"))
+        .args([
+            "--http",
+            &format!("127.0.0.1:{}", free_port()),
+            "--quic",
+            &format!("127.0.0.1:{quic}"),
+        ])
+        .arg("--tokens-file")
+        .arg(&tokens)
+        .arg("--state-dir")
+        .arg(&state.path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ingress");
+    let stdout = child.stdout.take().expect("ingress stdout");
+    wait_for_line(stdout, "QUIC certificate SHA-256:");
+    let mut children = Children(vec![child]);
+    let ingress: std::net::SocketAddr = format!("127.0.0.1:{quic}").parse().expect("address");
+
+    let refused = tunnel_tests::rogue::RogueAgent::connect(ingress, "second", &["app"])
+        .await
+        .expect("reply");
+    assert!(matches!(
+        refused.reply,
+        protocol::HelloReply::Refused { .. }
+    ));
+
+    std::fs::write(&tokens, "[tokens]\n\"second\" = [\"app\"]\n").expect("rewrite tokens file");
+    let pid = children.0[0].id().to_string();
+    let status = Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let agent = tunnel_tests::rogue::RogueAgent::connect(ingress, "second", &["app"])
+            .await
+            .expect("reply");
+        if matches!(agent.reply, protocol::HelloReply::Accepted { .. }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new token was not accepted after SIGHUP"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The process is still the same one: SIGHUP reloaded, it did not stop.
+    assert!(children.0[0].try_wait().expect("child status").is_none());
 }

@@ -185,6 +185,7 @@ async fn agent_reconnects_after_ingress_restart() {
         .await
         .expect("agent reconnects");
     let took = back.elapsed();
+    eprintln!("agent reconnected {took:?} after the ingress came back");
     assert!(took < Duration::from_secs(3), "reconnect took {took:?}");
     let response = get_all(Protocol::Http1, &url).await;
     assert_eq!(response.status, 200);

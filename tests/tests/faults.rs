@@ -387,6 +387,7 @@ async fn rolling_restart_loses_no_request() {
             outcomes.len()
         );
     }
+    eprintln!("rolling restart: {total} requests, none failed");
     assert!(total >= 20, "only {total} requests ran");
 }
 
