@@ -347,33 +347,23 @@ async fn rolling_restart_loses_no_request() {
     }
 
     // Restart each agent in turn while the load runs.
-    let [first, second] = agents;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    first.stop().await;
-    let mut first = RunningAgent::start(
-        ingress.quic_addr,
-        &ingress.cert_sha256,
-        TOKEN,
-        &[("app", fixtures[0].addr)],
-    )
-    .expect("restart first agent");
-    first
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .expect("first agent back");
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    second.stop().await;
-    let mut second = RunningAgent::start(
-        ingress.quic_addr,
-        &ingress.cert_sha256,
-        TOKEN,
-        &[("app", fixtures[1].addr)],
-    )
-    .expect("restart second agent");
-    second
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .expect("second agent back");
+    let mut restarted = Vec::new();
+    for (agent, fixture) in agents.into_iter().zip(&fixtures) {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        agent.stop().await;
+        let mut agent = RunningAgent::start(
+            ingress.quic_addr,
+            &ingress.cert_sha256,
+            TOKEN,
+            &[("app", fixture.addr)],
+        )
+        .expect("restart agent");
+        agent
+            .wait_connected(Duration::from_secs(10))
+            .await
+            .expect("agent back");
+        restarted.push(agent);
+    }
 
     let mut total = 0;
     for task in load {

@@ -200,11 +200,8 @@ async fn upload_with_expect_continue() {
     assert!(text.contains("x-received-bytes: 200000\r\n"), "{text}");
 }
 
-/// An HTTP/2 client reaching an h2c upstream, as a gRPC client does, gets the body and the
-/// trailers that end the call.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trailers_reach_http2_client() {
-    let tunnel = Tunnel::start().await;
+/// Starts a second agent serving tunnel `grpc` from the fixture over prior-knowledge HTTP/2.
+async fn start_h2c_agent(tunnel: &Tunnel) -> tunnel_tests::RunningAgent {
     let mut agent = tunnel_tests::RunningAgent::start_with_protocol(
         tunnel.ingress.quic_addr,
         &tunnel.ingress.cert_sha256,
@@ -217,6 +214,15 @@ async fn trailers_reach_http2_client() {
         .wait_connected(std::time::Duration::from_secs(10))
         .await
         .expect("agent up");
+    agent
+}
+
+/// An HTTP/2 client reaching an h2c upstream, as a gRPC client does, gets the body and the
+/// trailers that end the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_reach_http2_client() {
+    let tunnel = Tunnel::start().await;
+    let _agent = start_h2c_agent(&tunnel).await;
 
     let url = format!(
         "http://grpc.localhost:{}/trailers",
@@ -248,18 +254,7 @@ async fn trailers_only_response_ends_with_headers() {
     use http_body::Body as _;
 
     let tunnel = Tunnel::start().await;
-    let mut agent = tunnel_tests::RunningAgent::start_with_protocol(
-        tunnel.ingress.quic_addr,
-        &tunnel.ingress.cert_sha256,
-        tunnel_tests::TOKEN,
-        &[("grpc", tunnel.fixture.addr)],
-        tunnel_agent::UpstreamProtocol::H2c,
-    )
-    .expect("start h2c agent");
-    agent
-        .wait_connected(std::time::Duration::from_secs(10))
-        .await
-        .expect("agent up");
+    let _agent = start_h2c_agent(&tunnel).await;
 
     let url = format!(
         "http://grpc.localhost:{}/trailers-only",
