@@ -10,10 +10,11 @@ use std::time::Duration;
 ///
 /// # Panics
 ///
-/// Panics when the binary was not built; `cargo test --workspace` builds it.
+/// Panics when the binary was not built with `cargo build --workspace --bins`.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    // target/debug/deps/TEST-HASH -> target/debug/NAME
+    // target/debug/deps/TEST-HASH -> target/debug/NAME; `scripts/run-tests` builds the
+    // binaries first, because `cargo test` alone does not put them there.
     let dir = exe
         .parent()
         .and_then(|deps| deps.parent())
@@ -21,7 +22,7 @@ pub fn binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is missing; run cargo test --workspace so it is built",
+        "{} is missing; run cargo build --workspace --bins first (scripts/run-tests does)",
         path.display()
     );
     path
