@@ -66,28 +66,8 @@ pub(crate) async fn forward(
             reason: err.to_string(),
         })?;
 
-    // The response-header timeout starts once the request is sent whole, so a slow upload is
-    // not mistaken for a slow upstream.
-    let (body_sent, request_sent) = oneshot::channel();
-    let send = if empty_body {
-        drop(body);
-        let _ = body_sent.send(());
-        if !upgrade {
-            let _ = send.finish();
-        }
-        upgrade.then_some(send)
-    } else if upgrade {
-        // The body of an upgrade request must be complete before the stream switches to raw
-        // bytes, so it is sent inline.
-        if send_request_body(body, &mut send, max_frame_len).await {
-            let _ = body_sent.send(());
-        }
-        Some(send)
-    } else {
-        let pump = pump_request(body, send, max_frame_len, body_sent);
-        tokio::spawn(pump.instrument(span.clone()));
-        None
-    };
+    let (send, request_sent) =
+        send_request_body_for(body, send, empty_body, upgrade, max_frame_len, &span).await;
 
     let mut reader = FrameReader::new(recv, max_frame_len);
     let head = read_response_head(&mut reader, &tunnel, request_sent, state).await?;
@@ -122,6 +102,41 @@ pub(crate) async fn forward(
         reader,
         permit,
     ))
+}
+
+/// Sends the request body the way its kind needs, and returns the send stream when the stream
+/// may still switch to raw bytes (an upgrade), with a signal that completes once the request
+/// is sent whole. The response-header timeout starts at that signal, so a slow upload is not
+/// mistaken for a slow upstream.
+async fn send_request_body_for(
+    body: Incoming,
+    mut send: SendStream,
+    empty_body: bool,
+    upgrade: bool,
+    max_frame_len: u32,
+    span: &tracing::Span,
+) -> (Option<SendStream>, oneshot::Receiver<()>) {
+    let (body_sent, request_sent) = oneshot::channel();
+    let send = if empty_body {
+        drop(body);
+        let _ = body_sent.send(());
+        if !upgrade {
+            let _ = send.finish();
+        }
+        upgrade.then_some(send)
+    } else if upgrade {
+        // The body of an upgrade request must be complete before the stream switches to raw
+        // bytes, so it is sent inline.
+        if send_request_body(body, &mut send, max_frame_len).await {
+            let _ = body_sent.send(());
+        }
+        Some(send)
+    } else {
+        let pump = pump_request(body, send, max_frame_len, body_sent);
+        tokio::spawn(pump.instrument(span.clone()));
+        None
+    };
+    (send, request_sent)
 }
 
 /// Checks the status and fields of a response head from the agent.

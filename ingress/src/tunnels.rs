@@ -59,29 +59,7 @@ async fn handshake(
         .await
         .context("agent opened no control stream")?;
     let mut reader = FrameReader::new(recv, state.config.max_frame_len);
-    let first = match reader.next().await {
-        Ok(first) => first,
-        Err(err) => {
-            let message = format!("invalid hello: {err}");
-            connection.close(
-                transport::code(protocol::code::PROTOCOL_ERROR),
-                message.as_bytes(),
-            );
-            return Err(anyhow!(message));
-        }
-    };
-    let hello = match first {
-        Some(Frame::Hello(hello)) => hello,
-        Some(other) => {
-            let message = format!("expected hello, got {} frame", other.frame_type().name());
-            connection.close(
-                transport::code(protocol::code::PROTOCOL_ERROR),
-                message.as_bytes(),
-            );
-            return Err(anyhow!(message));
-        }
-        None => return Err(anyhow!("control stream ended before hello")),
-    };
+    let hello = read_hello(&mut reader, &connection).await?;
 
     let (token_id, names) = match check_hello(&hello, peer.ip(), state) {
         Ok(checked) => checked,
@@ -140,6 +118,22 @@ async fn handshake(
         state.registry_handle(),
     ));
     Ok(Some((agent, names)))
+}
+
+/// Reads the first frame of the control stream, which must be a hello. Anything else closes
+/// the connection with the reason.
+async fn read_hello(reader: &mut FrameReader, connection: &Connection) -> anyhow::Result<Hello> {
+    let message = match reader.next().await {
+        Ok(Some(Frame::Hello(hello))) => return Ok(hello),
+        Ok(Some(other)) => format!("expected hello, got {} frame", other.frame_type().name()),
+        Ok(None) => return Err(anyhow!("control stream ended before hello")),
+        Err(err) => format!("invalid hello: {err}"),
+    };
+    connection.close(
+        transport::code(protocol::code::PROTOCOL_ERROR),
+        message.as_bytes(),
+    );
+    Err(anyhow!(message))
 }
 
 /// Checks the hello and returns the token's id and the lower-cased tunnel names, or why it is
