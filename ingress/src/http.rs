@@ -18,6 +18,8 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use transport::{shutdown_write, write_all_shared, SharedTcp};
+
 use crate::error::ProxyError;
 use crate::limits::ConnectionPermit;
 use crate::{forward, ProxyBody, State};
@@ -68,21 +70,19 @@ async fn serve_client(
         // builder. The auto builder wraps the socket in a private type, and an upgraded
         // connection could then not be taken back as the plain socket that the buffer-free
         // splice needs.
-        match starts_with_h2_preface(&stream, state.config.header_read_timeout).await {
-            Ok(h2) => {
-                serve_http(
-                    TokioIo::new(stream),
-                    h2,
-                    "http",
-                    peer,
-                    over_limit,
-                    state,
-                    draining,
-                )
-                .await
-            }
+        let h2 = match starts_with_h2_preface(&stream, state.config.header_read_timeout).await {
+            Ok(h2) => h2,
             Err(err) => {
                 tracing::debug!(error = %err, "public connection failed before the first request");
+                return;
+            }
+        };
+        let shared = SharedTcp::new(stream);
+        let io = TokioIo::new(shared.clone());
+        let result = serve_http(io, h2, "http", peer, over_limit, state, draining).await;
+        if let Err(err) = result {
+            if err.is_timeout() && shared.read_since_write() > 0 {
+                send_request_timeout(&shared).await;
             }
         }
         return;
@@ -101,20 +101,14 @@ async fn serve_client(
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-    serve_http(
-        TokioIo::new(tls),
-        h2,
-        "https",
-        peer,
-        over_limit,
-        state,
-        draining,
-    )
-    .await;
+    // Over TLS the ingress cannot add a 408 after hyper gives up, so a slow head just closes.
+    let io = TokioIo::new(tls);
+    let _ = serve_http(io, h2, "https", peer, over_limit, state, draining).await;
     drop(permit);
 }
 
-/// Serves HTTP/2 or HTTP/1.1 (with upgrades) on an accepted connection until it closes.
+/// Serves HTTP/2 or HTTP/1.1 (with upgrades) on an accepted connection until it closes, and
+/// returns how the connection ended.
 async fn serve_http<I>(
     io: TokioIo<I>,
     h2: bool,
@@ -123,7 +117,8 @@ async fn serve_http<I>(
     over_limit: bool,
     state: Arc<State>,
     draining: watch::Receiver<bool>,
-) where
+) -> hyper::Result<()>
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let header_timeout = state.config.header_read_timeout;
@@ -158,8 +153,20 @@ async fn serve_http<I>(
         let connection = builder.serve_connection(io, service).with_upgrades();
         drive(connection, draining).await
     };
-    if let Err(err) = result {
+    if let Err(err) = &result {
         tracing::debug!(error = %err, "public connection ended with an error");
+    }
+    result
+}
+
+/// Answers a request head that did not arrive within the header read timeout, then closes.
+async fn send_request_timeout(shared: &SharedTcp) {
+    const RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\
+        content-length: 0\r\nx-ingress-error: header-timeout\r\n\r\n";
+    let stream = shared.stream();
+    let written = tokio::time::timeout(Duration::from_secs(2), write_all_shared(stream, RESPONSE));
+    if let Ok(Ok(())) = written.await {
+        let _ = shutdown_write(stream);
     }
 }
 

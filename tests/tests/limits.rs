@@ -87,7 +87,7 @@ async fn length_with_chunked_uses_chunks_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_request_head_closed() {
+async fn slow_request_head_gets_408() {
     let tunnel =
         Tunnel::start_with(|config| config.header_read_timeout = Duration::from_millis(500)).await;
     let mut socket = TcpStream::connect(tunnel.ingress.http_addr)
@@ -98,17 +98,43 @@ async fn slow_request_head_closed() {
         .await
         .expect("write part of a head");
     let started = Instant::now();
-    let mut buf = [0u8; 256];
-    let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await;
-    let read = read.expect("connection closed within 5 s").unwrap_or(0);
-    assert_eq!(
-        read,
-        0,
-        "expected a close, got {:?}",
-        String::from_utf8_lossy(&buf[..read])
+    let response = read_for(&mut socket, Duration::from_secs(5)).await;
+    assert!(
+        response.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{response:?}"
     );
-    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert!(
+        response.contains("x-ingress-error: header-timeout"),
+        "{response}"
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "answered after {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "answered after {elapsed:?}"
+    );
     assert_eq!(upstream_hits(&tunnel), 0);
+}
+
+/// An idle keep-alive connection is closed at the header timeout without a 408, since no
+/// request was in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_closed_quietly() {
+    let tunnel =
+        Tunnel::start_with(|config| config.header_read_timeout = Duration::from_millis(500)).await;
+    let mut socket = TcpStream::connect(tunnel.ingress.http_addr)
+        .await
+        .expect("connect");
+    socket
+        .write_all(b"GET /small HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+        .await
+        .expect("write request");
+    let response = read_for(&mut socket, Duration::from_secs(5)).await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(!response.contains("408"), "{response}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ mod endpoint;
 mod frames;
 mod headers;
 pub mod process;
+mod shared_tcp;
 mod splice;
 
 pub use body::{content_length, send_body, RecvBody, RecvBodyError, SendBodyError};
@@ -24,6 +25,7 @@ pub use headers::{
     from_wire, is_upgrade_request, remove_hop_by_hop, remove_hop_by_hop_except_upgrade, to_wire,
     InvalidHeader, HOP_BY_HOP,
 };
+pub use shared_tcp::{shutdown_write, write_all_shared, SharedTcp};
 pub use splice::{splice, splice_tcp, splice_upgraded, SpliceOutcome};
 
 /// Converts one of the `protocol::code` values into the QUIC type.

@@ -1,11 +1,14 @@
 //! Raw byte splice between an upgraded HTTP connection and a QUIC stream.
 
 use std::io;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::shared_tcp::{shutdown_write, write_all_shared, SharedTcp};
 
 /// Bytes moved in each direction by a splice.
 #[derive(Debug, Clone, Copy, Default)]
@@ -64,23 +67,21 @@ where
 ///
 /// Returns the first I/O error of either direction.
 pub async fn splice_tcp(
-    mut local: TcpStream,
+    local: Arc<TcpStream>,
     local_buffered: Bytes,
     mut send: SendStream,
     mut recv: RecvStream,
     pending: Bytes,
 ) -> io::Result<SpliceOutcome> {
-    let (local_read, mut local_write) = local.split();
-
     let upstream = async {
         let mut copied = local_buffered.len() as u64;
         if !local_buffered.is_empty() {
             send.write_chunk(local_buffered).await?;
         }
         loop {
-            local_read.readable().await?;
+            local.readable().await?;
             let mut buf = BytesMut::with_capacity(TCP_READ_SIZE);
-            match local_read.try_read_buf(&mut buf) {
+            match local.try_read_buf(&mut buf) {
                 Ok(0) => break,
                 Ok(read) => {
                     copied += read as u64;
@@ -95,12 +96,12 @@ pub async fn splice_tcp(
     };
     let downstream = async {
         let mut copied = pending.len() as u64;
-        local_write.write_all(&pending).await?;
+        write_all_shared(&local, &pending).await?;
         while let Some(chunk) = recv.read_chunk(TCP_READ_SIZE, true).await? {
             copied += chunk.bytes.len() as u64;
-            local_write.write_all(&chunk.bytes).await?;
+            write_all_shared(&local, &chunk.bytes).await?;
         }
-        local_write.shutdown().await?;
+        shutdown_write(&local)?;
         Ok::<u64, io::Error>(copied)
     };
 
@@ -122,8 +123,18 @@ pub async fn splice_upgraded(
     recv: RecvStream,
     pending: Bytes,
 ) -> io::Result<SpliceOutcome> {
-    match upgraded.downcast::<hyper_util::rt::TokioIo<TcpStream>>() {
-        Ok(parts) => splice_tcp(parts.io.into_inner(), parts.read_buf, send, recv, pending).await,
+    let upgraded = match upgraded.downcast::<hyper_util::rt::TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let local = Arc::new(parts.io.into_inner());
+            return splice_tcp(local, parts.read_buf, send, recv, pending).await;
+        }
+        Err(upgraded) => upgraded,
+    };
+    match upgraded.downcast::<hyper_util::rt::TokioIo<SharedTcp>>() {
+        Ok(parts) => {
+            let local = parts.io.into_inner().stream().clone();
+            splice_tcp(local, parts.read_buf, send, recv, pending).await
+        }
         Err(upgraded) => {
             tracing::debug!(
                 "upgraded connection is not a plain TCP socket; copying through buffers"
