@@ -138,7 +138,7 @@ where
             .timer(TokioTimer::new())
             .max_header_list_size(max_header_bytes)
             .enable_connect_protocol()
-            // A peer that does not answer a ping within 20 s is gone; its connection and
+            // A peer that does not acknowledge a ping within 20 s is gone; its connection and
             // streams are dropped instead of held open.
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(20));
@@ -159,7 +159,8 @@ where
     result
 }
 
-/// Answers a request head that did not arrive within the header read timeout, then closes.
+/// Sends `408 Request Timeout` for a request head that did not arrive within the header read
+/// timeout, then closes the write side.
 async fn send_request_timeout(shared: &SharedTcp) {
     const RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\
         content-length: 0\r\nx-ingress-error: header-timeout\r\n\r\n";

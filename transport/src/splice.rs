@@ -19,7 +19,7 @@ pub struct SpliceOutcome {
     pub from_stream: u64,
 }
 
-/// Copies bytes both ways until both directions have ended. `pending` holds bytes already read
+/// Copies bytes both ways until both directions have ended. `pending` contains bytes already read
 /// from `recv` past the last frame; they are written to `local` first.
 ///
 /// A clean end on one side is passed on as a clean end (QUIC finish or TCP half-close), so
@@ -59,8 +59,8 @@ where
     finish(result, &mut send, &mut recv)
 }
 
-/// [`splice`] for a TCP socket. `local_buffered` holds bytes the HTTP layer had already read
-/// from the socket; they go to the stream first. An idle connection holds no buffer: the
+/// [`splice`] for a TCP socket. `local_buffered` contains bytes the HTTP layer had already read
+/// from the socket; they go to the stream first. An idle connection keeps no buffer: the
 /// socket is read only once it is readable, and the stream side hands over quinn's own chunks.
 ///
 /// # Errors
