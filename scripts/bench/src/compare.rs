@@ -11,8 +11,10 @@ mod procs;
 mod report;
 mod setup;
 mod streaming;
+pub mod streaming_report;
 mod tables;
 mod targets;
+mod transcript;
 mod websocket;
 
 use std::path::PathBuf;
@@ -308,6 +310,8 @@ async fn measure_all(
     udp.mark("streaming", &mut report);
     websocket::stage(&paths, plan, progress, &mut report).await;
     udp.mark("WebSocket", &mut report);
+    transcript::stage(&client, &paths, progress, &mut report).await;
+    udp.mark("transcripts", &mut report);
     if args.url.is_none() {
         latency::throughput_stage(&client, &paths, plan, progress, &mut report).await;
         udp.mark("throughput", &mut report);

@@ -3,14 +3,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::tables::Table;
 use super::{Args, PathSpec, Plan, Role};
 use crate::clock;
 
-/// All results of one run.
-#[derive(Debug, Default, Serialize)]
+/// All results of one run. Fields missing from an older `results.json` read as empty.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub(super) struct Report {
     pub started_at_utc: String,
     /// `local` when the processes were started here, `url` with --url.
@@ -24,6 +25,10 @@ pub(super) struct Report {
     pub drip: Vec<DripResult>,
     pub sse: Vec<SseResult>,
     pub websocket: Vec<WebSocketResult>,
+    /// One WebSocket conversation through the tunnel, payloads included.
+    pub websocket_transcript: Option<WebSocketTranscript>,
+    /// One server-sent event stream through the tunnel, payloads included.
+    pub sse_transcript: Option<SseTranscript>,
     pub throughput: Vec<ThroughputResult>,
     pub memory: Vec<MemoryCase>,
     pub targets: Vec<TargetCheck>,
@@ -34,16 +39,21 @@ pub(super) struct Report {
 }
 
 /// Hardware and kernel of the machine the client ran on.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub(super) struct Machine {
     pub cpu_model: String,
     pub cpus: usize,
     pub memory_total_kib: u64,
     pub kernel: String,
+    /// The first three fields of /proc/loadavg when the run started: the 1, 5 and 15 minute
+    /// load averages, which show whether other work shared the CPUs.
+    pub load_average: String,
 }
 
 /// The sizes and counts a run used.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub(super) struct PlanInfo {
     pub payload_sizes: Vec<u64>,
     pub concurrency_levels: Vec<usize>,
@@ -51,10 +61,12 @@ pub(super) struct PlanInfo {
     pub memory_bytes: u64,
     pub baseline_memory_bytes: u64,
     pub idle_websockets: usize,
+    /// Polls the long-poll baseline agent keeps open at once (`--baseline-pollers`).
+    pub baseline_pollers: u16,
 }
 
 /// A measured path.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(super) struct PathInfo {
     pub label: String,
     pub role: String,
@@ -82,7 +94,7 @@ fn role_name(role: Role) -> &'static str {
 }
 
 /// Latency percentiles in milliseconds.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub(super) struct Percentiles {
     pub count: u64,
     pub p50_ms: f64,
@@ -92,7 +104,7 @@ pub(super) struct Percentiles {
 }
 
 /// Latency of one workload on one path at one concurrency.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct LatencyCell {
     /// `payload` (one client, every size) or `concurrency`.
     pub stage: String,
@@ -113,7 +125,7 @@ pub(super) struct LatencyCell {
 }
 
 /// Arrival times of a slow chunked response, relative to sending the request.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct DripResult {
     pub path: String,
     pub lines: u64,
@@ -125,7 +137,7 @@ pub(super) struct DripResult {
 }
 
 /// One server-sent event as emitted and as received.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct SseEvent {
     pub id: String,
     pub emitted_unix_us: u64,
@@ -133,7 +145,7 @@ pub(super) struct SseEvent {
 }
 
 /// Delay of server-sent events from emission at the upstream to arrival at the client.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct SseResult {
     pub path: String,
     pub events: u64,
@@ -144,7 +156,7 @@ pub(super) struct SseResult {
 }
 
 /// One WebSocket echo: when the message left the client and when its echo came back.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct WebSocketExchange {
     pub bytes: usize,
     pub sent_unix_us: u64,
@@ -152,7 +164,7 @@ pub(super) struct WebSocketExchange {
 }
 
 /// WebSocket round trips and message rate on one path.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct WebSocketResult {
     pub path: String,
     pub small_bytes: usize,
@@ -164,8 +176,76 @@ pub(super) struct WebSocketResult {
     pub error: Option<String>,
 }
 
+/// Direction of a transcript message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Direction {
+    ClientToServer,
+    ServerToClient,
+}
+
+/// One WebSocket message as the client sent or received it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct TranscriptMessage {
+    pub direction: Direction,
+    /// Milliseconds after the transcript started, on the client's monotonic clock.
+    pub at_ms: f64,
+    /// `text`, `binary` or `close`.
+    pub kind: String,
+    /// The text of a text message, the status code and reason of a close.
+    pub payload: String,
+}
+
+/// A WebSocket conversation through the tunnel: text messages echoed by the demo upstream,
+/// then the close handshake.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct WebSocketTranscript {
+    pub path: String,
+    pub url: String,
+    /// Wall-clock start, in microseconds since the UNIX epoch.
+    pub started_unix_us: u64,
+    /// Arrival of the 101 response, in ms after the start.
+    pub upgrade_ms: Option<f64>,
+    /// Pause after each echo before the client sent its next message.
+    pub pause_ms: u64,
+    pub messages: Vec<TranscriptMessage>,
+    pub error: Option<String>,
+}
+
+/// One server-sent event with its emission and arrival time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct TranscriptEvent {
+    pub id: String,
+    /// The event's data field as received: the upstream's emission time in microseconds
+    /// since the UNIX epoch.
+    pub data: String,
+    /// Emission time read from `data`, or `None` when it is not a number.
+    pub emitted_unix_us: Option<u64>,
+    pub received_unix_us: u64,
+    /// Emission time in ms after the request was sent.
+    pub emitted_ms: Option<f64>,
+    /// Arrival time in ms after the request was sent.
+    pub received_ms: f64,
+}
+
+/// A server-sent event stream through the tunnel. All times come from the wall clock of
+/// the machine, which the upstream shares in a local run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct SseTranscript {
+    pub path: String,
+    pub url: String,
+    /// Wall-clock time the request was sent, in microseconds since the UNIX epoch.
+    pub started_unix_us: u64,
+    /// Interval between events that the request asked for.
+    pub interval_ms: u64,
+    /// Arrival of the response head, in ms after the request was sent.
+    pub head_ms: Option<f64>,
+    pub events: Vec<TranscriptEvent>,
+    pub error: Option<String>,
+}
+
 /// One large transfer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct ThroughputResult {
     pub path: String,
     /// `download` or `upload`.
@@ -177,7 +257,7 @@ pub(super) struct ThroughputResult {
 }
 
 /// Memory of one path's processes during one case.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct MemoryCase {
     pub path: String,
     /// `transfer` or `idle-websockets`.
@@ -192,7 +272,7 @@ pub(super) struct MemoryCase {
 }
 
 /// Resident memory of one process during a case, in KiB, from /proc/PID/status.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct ProcessMemory {
     pub name: String,
     pub pid: u32,
@@ -212,7 +292,7 @@ pub(super) struct ProcessMemory {
 }
 
 /// A counter's increase during one stage.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct StageCounter {
     pub stage: String,
     pub count: u64,
@@ -259,7 +339,7 @@ pub(super) fn read_udp_rcvbuf_errors() -> Option<u64> {
 }
 
 /// One target from the project's goals and whether this run met it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct TargetCheck {
     pub target: String,
     pub measured: String,
@@ -283,6 +363,7 @@ impl Report {
                 memory_bytes: plan.memory_bytes,
                 baseline_memory_bytes: plan.baseline_memory_bytes,
                 idle_websockets: plan.idle_websockets,
+                baseline_pollers: args.baseline_pollers,
             },
             ..Self::default()
         }
@@ -290,8 +371,8 @@ impl Report {
 }
 
 impl Machine {
-    /// Reads the CPU model, memory size and kernel release from /proc; unknown fields stay
-    /// empty.
+    /// Reads the CPU model, memory size, kernel release and load average from /proc. Unknown
+    /// fields stay empty.
     fn read() -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -314,6 +395,12 @@ impl Machine {
                 .unwrap_or_default()
                 .trim()
                 .to_string(),
+            load_average: std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
         }
     }
 }
@@ -365,7 +452,7 @@ fn summary_markdown(report: &Report, tables: &[Table]) -> String {
         "# Latency comparison, {}\n\n\
          - Command: `{}`\n\
          - Mode: {}{}\n\
-         - Machine: {} ({} CPUs, {} MiB RAM), Linux {}\n\
+         - Machine: {} ({} CPUs, {} MiB RAM), Linux {}, load average at start {}\n\
          - Duration: {:.0} s\n\n",
         report.started_at_utc,
         report.command,
@@ -375,6 +462,7 @@ fn summary_markdown(report: &Report, tables: &[Table]) -> String {
         machine.cpus,
         machine.memory_total_kib / 1024,
         machine.kernel,
+        machine.load_average,
         report.duration_s,
     );
     text.push_str("Paths:\n\n");

@@ -135,7 +135,10 @@ async fn sse(client: &HttpClient, target: &Target, events: u64, interval: Durati
 }
 
 /// Calls `on_line` for each complete line of the body as soon as its data arrives.
-async fn for_each_line(mut body: Incoming, mut on_line: impl FnMut(&str)) -> anyhow::Result<()> {
+pub(super) async fn for_each_line(
+    mut body: Incoming,
+    mut on_line: impl FnMut(&str),
+) -> anyhow::Result<()> {
     let mut pending: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.context("response body failed")?;
@@ -151,7 +154,8 @@ async fn for_each_line(mut body: Incoming, mut on_line: impl FnMut(&str)) -> any
     Ok(())
 }
 
-async fn bounded(
+/// Runs `work`, failing when it takes longer than `limit`.
+pub(super) async fn bounded(
     limit: Duration,
     work: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {

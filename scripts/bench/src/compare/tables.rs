@@ -2,7 +2,9 @@
 //! `summary.md`.
 
 use super::format_bytes;
-use super::report::{LatencyCell, MemoryCase, Percentiles, Report};
+use super::report::{
+    Direction, LatencyCell, MemoryCase, Percentiles, Report, SseTranscript, WebSocketTranscript,
+};
 
 /// One table of results.
 #[derive(Debug, Clone)]
@@ -13,7 +15,7 @@ pub(super) struct Table {
 }
 
 impl Table {
-    fn new(title: impl Into<String>, headers: Vec<String>) -> Self {
+    pub(super) fn new(title: impl Into<String>, headers: Vec<String>) -> Self {
         Self {
             title: title.into(),
             headers,
@@ -84,6 +86,12 @@ pub(super) fn build(report: &Report) -> Vec<Table> {
     tables.push(drip_table(report));
     tables.push(sse_table(report));
     tables.push(websocket_table(report));
+    if let Some(transcript) = &report.websocket_transcript {
+        tables.push(websocket_transcript_table(transcript));
+    }
+    if let Some(transcript) = &report.sse_transcript {
+        tables.push(sse_transcript_table(transcript));
+    }
     if !report.throughput.is_empty() {
         tables.push(throughput_table(report));
     }
@@ -103,7 +111,7 @@ fn path_labels(report: &Report) -> Vec<String> {
     report.paths.iter().map(|path| path.label.clone()).collect()
 }
 
-fn payload_table(report: &Report) -> Table {
+pub(super) fn payload_table(report: &Report) -> Table {
     let mut headers = vec!["request".to_string()];
     headers.extend(path_labels(report));
     let mut table = Table::new("Request latency, 1 client (ms: p50 / p90 / p99)", headers);
@@ -125,7 +133,7 @@ fn payload_table(report: &Report) -> Table {
     table
 }
 
-fn concurrency_table(report: &Report) -> Table {
+pub(super) fn concurrency_table(report: &Report) -> Table {
     let mut headers = vec!["request x clients".to_string()];
     headers.extend(path_labels(report));
     let mut table = Table::new(
@@ -178,7 +186,7 @@ fn triple(stats: &Percentiles) -> String {
     )
 }
 
-fn drip_table(report: &Report) -> Table {
+pub(super) fn drip_table(report: &Report) -> Table {
     let lines = report.drip.first().map_or(0, |drip| drip.lines);
     let interval = report.drip.first().map_or(0, |drip| drip.interval_ms);
     let mut headers = vec!["path".to_string(), "head".to_string()];
@@ -203,7 +211,7 @@ fn drip_table(report: &Report) -> Table {
     table
 }
 
-fn sse_table(report: &Report) -> Table {
+pub(super) fn sse_table(report: &Report) -> Table {
     let headers = ["path", "events", "p50", "p90", "p99", "max"].map(str::to_string);
     let mut table = Table::new(
         "Server-sent events: delay from emission to arrival (ms)",
@@ -228,7 +236,7 @@ fn sse_table(report: &Report) -> Table {
     table
 }
 
-fn websocket_table(report: &Report) -> Table {
+pub(super) fn websocket_table(report: &Report) -> Table {
     let small = report.websocket.first().map_or(0, |ws| ws.small_bytes);
     let large = report.websocket.first().map_or(0, |ws| ws.large_bytes);
     let headers = vec![
@@ -260,7 +268,95 @@ fn websocket_table(report: &Report) -> Table {
     table
 }
 
-fn throughput_table(report: &Report) -> Table {
+/// Lists every message of the WebSocket transcript, the 101 response first.
+pub(super) fn websocket_transcript_table(transcript: &WebSocketTranscript) -> Table {
+    let headers = ["ms", "direction", "kind", "payload"].map(str::to_string);
+    let mut table = Table::new(
+        format!(
+            "WebSocket transcript through the tunnel ({}), ms after the upgrade request",
+            transcript.url
+        ),
+        headers.to_vec(),
+    );
+    if let Some(at) = transcript.upgrade_ms {
+        table.rows.push(vec![
+            exact_ms(at),
+            direction_text(Direction::ServerToClient).to_string(),
+            "101".to_string(),
+            "Switching Protocols".to_string(),
+        ]);
+    }
+    for message in &transcript.messages {
+        table.rows.push(vec![
+            exact_ms(message.at_ms),
+            direction_text(message.direction).to_string(),
+            message.kind.clone(),
+            message.payload.clone(),
+        ]);
+    }
+    if let Some(error) = &transcript.error {
+        table.rows.push(vec![
+            String::new(),
+            String::new(),
+            "error".to_string(),
+            error.clone(),
+        ]);
+    }
+    table
+}
+
+fn direction_text(direction: Direction) -> &'static str {
+    match direction {
+        Direction::ClientToServer => "client → server",
+        Direction::ServerToClient => "server → client",
+    }
+}
+
+/// Lists every event of the SSE transcript with its emission, arrival and delay.
+pub(super) fn sse_transcript_table(transcript: &SseTranscript) -> Table {
+    let headers = ["id", "emitted ms", "received ms", "delay ms", "data"].map(str::to_string);
+    let head = transcript.head_ms.map_or_else(String::new, |at| {
+        format!("; response head at {} ms", exact_ms(at))
+    });
+    let mut table = Table::new(
+        format!(
+            "SSE transcript through the tunnel ({}), ms after the request{head}",
+            transcript.url
+        ),
+        headers.to_vec(),
+    );
+    for event in &transcript.events {
+        let (emitted, delay) = match event.emitted_ms {
+            Some(emitted) => (exact_ms(emitted), exact_ms(event.received_ms - emitted)),
+            None => (String::new(), String::new()),
+        };
+        table.rows.push(vec![
+            event.id.clone(),
+            emitted,
+            exact_ms(event.received_ms),
+            delay,
+            event.data.clone(),
+        ]);
+    }
+    if let Some(error) = &transcript.error {
+        table.rows.push(vec![
+            "error".to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+            error.clone(),
+        ]);
+    }
+    table
+}
+
+/// Formats milliseconds with three decimals, so that the send and echo times of one message
+/// stay apart in a transcript.
+fn exact_ms(value: f64) -> String {
+    format!("{value:.3}")
+}
+
+pub(super) fn throughput_table(report: &Report) -> Table {
     let bytes = report.throughput.first().map_or(0, |result| result.bytes);
     let headers = vec![
         "path".to_string(),
@@ -289,7 +385,7 @@ fn throughput_table(report: &Report) -> Table {
     table
 }
 
-fn memory_table(report: &Report) -> Table {
+pub(super) fn memory_table(report: &Report) -> Table {
     let headers = [
         "path / process",
         "case",
@@ -343,7 +439,7 @@ fn memory_row(case: &MemoryCase, process: &super::report::ProcessMemory) -> Vec<
     ]
 }
 
-fn udp_table(report: &Report) -> Table {
+pub(super) fn udp_table(report: &Report) -> Table {
     let headers = ["stage", "datagrams dropped"].map(str::to_string);
     let mut table = Table::new(
         "UDP datagrams dropped for a full receive buffer (RcvbufErrors, whole network namespace)",
@@ -357,7 +453,7 @@ fn udp_table(report: &Report) -> Table {
     table
 }
 
-fn targets_table(report: &Report) -> Table {
+pub(super) fn targets_table(report: &Report) -> Table {
     let headers = ["target", "measured", "met"].map(str::to_string);
     let mut table = Table::new("Project targets", headers.to_vec());
     for check in &report.targets {
@@ -389,7 +485,7 @@ pub(super) fn ms(value: f64) -> String {
 }
 
 /// Shortens an error chain to its last cause, which is usually the one that explains it.
-fn short_error(error: Option<&str>) -> String {
+pub(super) fn short_error(error: Option<&str>) -> String {
     let error = error.unwrap_or("unknown error");
     let last = error.rsplit(": ").next().unwrap_or(error);
     let mut short: String = last.chars().take(60).collect();
