@@ -144,6 +144,11 @@ pub async fn write_data(send: &mut SendStream, mut data: Bytes) -> Result<(), Wr
         let header = protocol::encode_data_header(piece.len(), MAX_DATA_CHUNK as u32)?;
         send.write_all_chunks(&mut [Bytes::copy_from_slice(&header), piece])
             .await?;
+        // quinn wakes every writer blocked on the connection's send buffer at once, and the
+        // first one polled would take all the freed space. Yielding after each piece lets the
+        // other streams' writers take their turn, so concurrent bodies share the connection
+        // instead of some waiting seconds behind the rest.
+        tokio::task::yield_now().await;
     }
     Ok(())
 }
