@@ -26,7 +26,7 @@ pub(crate) struct Agent {
 
 impl Agent {
     /// Returns whether nothing has arrived from the agent for [`QUIET_AFTER`]. Both sides send
-    /// keep-alives every 2 s, so a live agent's datagram count never stands still that long;
+    /// keep-alives every 2 s, so a live agent's datagram count never stays the same that long, and
     /// an agent killed without closing its connection goes quiet long before its idle timeout
     /// ends the connection.
     fn is_quiet(&self, now: Instant) -> bool {
@@ -134,7 +134,7 @@ impl Registry {
         if tunnel.agents.is_empty() {
             return Err(RouteError::NoAgent(name.to_string()));
         }
-        // Rotate among agents that were heard from recently; only when all are quiet does a
+        // Rotate among agents that were heard from recently. Only when all are quiet does a
         // quiet one get the request, which may then wait for the connection's idle timeout.
         let now = Instant::now();
         let count = tunnel.agents.len();

@@ -219,7 +219,7 @@ pub enum FailureKind {
     UpstreamRefused,
     /// The upstream could not be reached or the connection broke before a response head.
     UpstreamUnreachable,
-    /// The upstream did not answer with a response head in time.
+    /// The upstream sent no response head in time.
     UpstreamTimeout,
     /// The agent does not serve the tunnel named in the request head.
     UnknownTunnel,

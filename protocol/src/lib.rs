@@ -7,7 +7,7 @@
 //! caller owns sockets, streams and clocks.
 //!
 //! Stream layout:
-//! - control stream (opened by the agent first): `Hello`, answered by `HelloReply`; later
+//! - control stream (opened by the agent first): `Hello`, then the ingress's `HelloReply`; later
 //!   `Drain` when the agent is leaving.
 //! - request stream (one per public request, opened by the ingress): `RequestHead`, then the
 //!   request body as `Data` frames closed by `End` or `Trailers`; the agent answers with

@@ -1,6 +1,6 @@
-//! Request limits and malformed requests on the public listener, sent over raw sockets: each
-//! gets its status (400, 431, 503) or a closed connection, never a hang, and the upstream sees
-//! none of them.
+//! Request limits and malformed requests on the public listener, sent over raw sockets. Each
+//! gets its status (400, 408, 431, 503) or a closed connection, never a hang, and none of them
+//! reaches the upstream.
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
-//! The tunnel across a real NAT built from Linux network namespaces: a "public" namespace with
-//! the ingress and the clients, a "router" namespace that masquerades with nftables, and a
-//! "home" namespace with the agent and the upstream that the public side cannot reach.
+//! The tunnel across a real NAT built from Linux network namespaces. A "public" namespace has
+//! the ingress and the clients, a "router" namespace masquerades with nftables, and a "home"
+//! namespace has the agent and the upstream, which the public side cannot reach.
 //!
 //! Needs root, `ip` (iproute2), `nft` (nftables) and `conntrack`; each test skips with a message
 //! otherwise. Everything is removed when the test ends, also when it fails. Traffic stays
@@ -21,7 +21,7 @@ const ROUTER_PUBLIC_IP: &str = "10.200.1.2";
 const ROUTER_HOME_IP: &str = "10.200.2.1";
 const HOME_IP: &str = "10.200.2.2";
 
-/// The three namespaces and the processes started in them; dropping it stops the processes by
+/// The three namespaces and the processes started in them. Dropping it stops the processes by
 /// PID and deletes the namespaces, which also removes their veth links.
 struct Network {
     public: String,

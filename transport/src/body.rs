@@ -14,7 +14,7 @@ use quinn::SendStream;
 use crate::frames::{write_data, write_frame, FrameReader, ReadFrameError, WriteFrameError};
 use crate::headers::{from_wire, to_wire, InvalidHeader};
 
-/// Why a body read from a stream stopped before its end.
+/// Error that ended a body read from a stream before its end.
 #[derive(Debug, thiserror::Error)]
 pub enum RecvBodyError {
     #[error(transparent)]
@@ -123,10 +123,10 @@ impl RecvBody {
     }
 }
 
-/// Why [`send_body`] stopped before the end of the body.
+/// Error that stopped [`send_body`] before the end of the body.
 #[derive(Debug, thiserror::Error)]
 pub enum SendBodyError<E> {
-    /// Reading the body failed; the stream should be reset so the peer sees an abort.
+    /// Reading the body failed. The stream should be reset, so the peer gets an abort.
     #[error("failed to read body: {0}")]
     Source(E),
     /// Writing failed: the peer stopped the stream or the connection is gone.
@@ -183,7 +183,7 @@ where
     Ok(sent)
 }
 
-/// Returns the `Content-Length` of a head, when it holds one valid number.
+/// Returns the `Content-Length` of a head, when it contains one valid number.
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
     let first = values.next()?;

@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use protocol::{DecodeError, EncodeError, Frame, FrameDecoder, MAX_DATA_CHUNK};
 use quinn::{ReadError, RecvStream, SendStream, WriteError};
 
-/// Why the next frame could not be read.
+/// Error reading the next frame.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadFrameError {
     #[error(transparent)]
@@ -20,7 +20,7 @@ pub enum ReadFrameError {
     Read(io::Error),
 }
 
-/// Why a frame could not be written.
+/// Error writing a frame.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteFrameError {
     #[error(transparent)]
@@ -29,7 +29,7 @@ pub enum WriteFrameError {
     Write(#[from] WriteError),
 }
 
-/// Reads frames from a receive stream through a buffer that holds at most one frame plus one
+/// Reader of frames from a receive stream, through a buffer of at most one frame plus one
 /// read.
 #[derive(Debug)]
 pub struct FrameReader {

@@ -1,6 +1,6 @@
-//! A TCP stream shared between hyper and the code that serves the connection, so that the
-//! ingress can still write to a socket after hyper has given up on it (a `408` for a request
-//! head that did not arrive in time) and can splice it without copy buffers after an upgrade.
+//! A TCP stream shared between hyper and the code that serves the connection. The ingress can
+//! then still write to a socket after hyper has given up on it (a `408` for a request head that
+//! did not arrive in time), and splice it without copy buffers after an upgrade.
 
 use std::io;
 use std::net::Shutdown;
@@ -29,13 +29,13 @@ impl SharedTcp {
         }
     }
 
-    /// The stream itself.
+    /// Returns the underlying stream.
     pub fn stream(&self) -> &Arc<TcpStream> {
         &self.stream
     }
 
-    /// Bytes read since the last write: non-zero while a request is arriving and nothing has
-    /// been answered yet, zero on an idle keep-alive connection.
+    /// Returns the bytes read since the last write: non-zero while a request is arriving and no
+    /// response has been written yet, zero on an idle keep-alive connection.
     pub fn read_since_write(&self) -> u64 {
         self.read_since_write.load(Ordering::Relaxed)
     }
