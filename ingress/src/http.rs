@@ -290,13 +290,23 @@ async fn handle(
 /// hyper's own HTTP/1.1 limit is a read-buffer size that a head arriving in one read can pass,
 /// so the limit is checked again here on the parsed head.
 fn head_size(request: &Request<Incoming>) -> usize {
-    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let line = request.method().as_str().len() + target_len(request.uri()) + 12;
     let fields: usize = request
         .headers()
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     line + fields
+}
+
+/// Length of `uri` as it would be written, counted without formatting it, which would allocate
+/// on every request.
+fn target_len(uri: &http::Uri) -> usize {
+    uri.scheme_str().map_or(0, |scheme| scheme.len() + 3)
+        + uri
+            .authority()
+            .map_or(0, |authority| authority.as_str().len())
+        + uri.path_and_query().map_or(0, |pq| pq.as_str().len())
 }
 
 /// Finds the tunnel name in the request's authority (HTTP/2, absolute-form HTTP/1.1) or Host
@@ -329,4 +339,23 @@ fn tunnel_name(request: &Request<Incoming>, domain: &str) -> Result<String, Prox
         return Err(ProxyError::ForeignHost(host));
     }
     Ok(label.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_len_matches_written_form() {
+        for target in [
+            "/",
+            "/a?b=c",
+            "http://app.localhost:8080/x?y",
+            "app.localhost:443",
+            "*",
+        ] {
+            let uri: http::Uri = target.parse().unwrap();
+            assert_eq!(target_len(&uri), uri.to_string().len(), "{target}");
+        }
+    }
 }
