@@ -152,6 +152,25 @@ impl RunningAgent {
         })
     }
 
+    /// Starts an agent like [`RunningAgent::start`] and waits up to 10 s for its tunnel.
+    ///
+    /// # Panics
+    ///
+    /// Panics when the agent cannot start or does not connect in time.
+    pub async fn start_connected(
+        quic: SocketAddr,
+        cert_sha256: &str,
+        token: &str,
+        tunnels: &[(&str, SocketAddr)],
+    ) -> RunningAgent {
+        let mut agent = Self::start(quic, cert_sha256, token, tunnels).expect("starting the agent");
+        agent
+            .wait_connected(Duration::from_secs(10))
+            .await
+            .expect("agent connected within 10 s");
+        agent
+    }
+
     /// Waits until the agent reports the tunnel up.
     pub async fn wait_connected(&mut self, within: Duration) -> anyhow::Result<()> {
         let connected = self
@@ -210,17 +229,13 @@ impl Tunnel {
             RunningIngress::start(loopback(0), loopback(0), state_dir.path.clone(), tweak)
                 .await
                 .expect("starting the ingress");
-        let mut agent = RunningAgent::start(
+        let agent = RunningAgent::start_connected(
             ingress.quic_addr,
             &ingress.cert_sha256,
             TOKEN,
             &[("app", fixture.addr)],
         )
-        .expect("starting the agent");
-        agent
-            .wait_connected(Duration::from_secs(10))
-            .await
-            .expect("tunnel up");
+        .await;
         Tunnel {
             fixture,
             ingress,

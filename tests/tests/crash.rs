@@ -29,6 +29,17 @@ fn free_port() -> u16 {
 }
 
 fn start_ingress(http: u16, quic: u16, state: &TempDir) -> (Child, String) {
+    spawn_ingress(http, quic, state, &["--token".into(), "crash-token".into()])
+}
+
+/// Starts the ingress binary on loopback with `auth` (its token flags) and returns it with the
+/// certificate fingerprint it prints.
+fn spawn_ingress(
+    http: u16,
+    quic: u16,
+    state: &TempDir,
+    auth: &[std::ffi::OsString],
+) -> (Child, String) {
     let mut child = Command::new(binary("ingress"))
         .args([
             "--http",
@@ -36,7 +47,8 @@ fn start_ingress(http: u16, quic: u16, state: &TempDir) -> (Child, String) {
             "--quic",
             &format!("127.0.0.1:{quic}"),
         ])
-        .args(["--token", "crash-token", "--state-dir"])
+        .args(auth)
+        .arg("--state-dir")
         .arg(&state.path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -167,23 +179,8 @@ async fn sighup_reloads_tokens_file() {
     let tokens = state.path.join("tokens.toml");
     std::fs::write(&tokens, "[tokens]\n\"first\" = [\"app\"]\n").expect("write tokens file");
     let quic = free_port();
-    let mut child = Command::new(binary("ingress"))
-        .args([
-            "--http",
-            &format!("127.0.0.1:{}", free_port()),
-            "--quic",
-            &format!("127.0.0.1:{quic}"),
-        ])
-        .arg("--tokens-file")
-        .arg(&tokens)
-        .arg("--state-dir")
-        .arg(&state.path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start ingress");
-    let stdout = child.stdout.take().expect("ingress stdout");
-    wait_for_line(stdout, "QUIC certificate SHA-256:");
+    let auth = ["--tokens-file".into(), tokens.clone().into_os_string()];
+    let (child, _) = spawn_ingress(free_port(), quic, &state, &auth);
     let mut children = Children(vec![child]);
     let ingress: std::net::SocketAddr = format!("127.0.0.1:{quic}").parse().expect("address");
 

@@ -68,17 +68,13 @@ async fn upstream_not_listening_is_502() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("free port");
-    let mut agent = RunningAgent::start(
+    let _agent = RunningAgent::start_connected(
         tunnel.ingress.quic_addr,
         &tunnel.ingress.cert_sha256,
         TOKEN,
         &[("dead", closed)],
     )
-    .expect("start second agent");
-    agent
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .expect("second agent up");
+    .await;
 
     let url = format!("http://dead.localhost:{}/", tunnel.ingress.http_addr.port());
     for protocol in [Protocol::Http1, Protocol::H2c] {

@@ -253,17 +253,10 @@ async fn two_agents() -> (RunningIngress, [Fixture; 2], [RunningAgent; 2], TempD
     let fixtures = [Fixture::start().await, Fixture::start().await];
     let mut agents = Vec::new();
     for fixture in &fixtures {
-        let mut agent = RunningAgent::start(
-            ingress.quic_addr,
-            &ingress.cert_sha256,
-            TOKEN,
-            &[("app", fixture.addr)],
-        )
-        .expect("start agent");
-        agent
-            .wait_connected(Duration::from_secs(10))
-            .await
-            .expect("agent up");
+        let tunnels = [("app", fixture.addr)];
+        let agent =
+            RunningAgent::start_connected(ingress.quic_addr, &ingress.cert_sha256, TOKEN, &tunnels)
+                .await;
         agents.push(agent);
     }
     let agents: [RunningAgent; 2] = agents.try_into().unwrap_or_else(|_| unreachable!());
@@ -351,17 +344,10 @@ async fn rolling_restart_loses_no_request() {
     for (agent, fixture) in agents.into_iter().zip(&fixtures) {
         tokio::time::sleep(Duration::from_millis(800)).await;
         agent.stop().await;
-        let mut agent = RunningAgent::start(
-            ingress.quic_addr,
-            &ingress.cert_sha256,
-            TOKEN,
-            &[("app", fixture.addr)],
-        )
-        .expect("restart agent");
-        agent
-            .wait_connected(Duration::from_secs(10))
-            .await
-            .expect("agent back");
+        let tunnels = [("app", fixture.addr)];
+        let agent =
+            RunningAgent::start_connected(ingress.quic_addr, &ingress.cert_sha256, TOKEN, &tunnels)
+                .await;
         restarted.push(agent);
     }
 

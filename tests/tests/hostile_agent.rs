@@ -21,6 +21,15 @@ async fn rogue(tunnel: &Tunnel) -> RogueAgent {
     agent
 }
 
+/// Encodes a response head with a body to follow.
+fn response_head(status: u16, headers: Vec<Header>) -> Vec<u8> {
+    encoded(&Frame::ResponseHead(ResponseHead {
+        status,
+        headers,
+        empty_body: false,
+    }))
+}
+
 fn rogue_url(tunnel: &Tunnel) -> String {
     format!(
         "http://rogue.localhost:{}/",
@@ -63,39 +72,27 @@ async fn answer_with(bytes: Vec<u8>) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_status_code_is_502() {
-    let head = Frame::ResponseHead(ResponseHead {
-        status: 1000,
-        headers: vec![],
-        empty_body: false,
-    });
+    let head = response_head(1000, vec![]);
     assert_eq!(
-        answer_with(encoded(&head)).await,
+        answer_with(head).await,
         (502, "bad-agent-response".to_string())
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn informational_status_is_502() {
-    let head = Frame::ResponseHead(ResponseHead {
-        status: 103,
-        headers: vec![],
-        empty_body: false,
-    });
+    let head = response_head(103, vec![]);
     assert_eq!(
-        answer_with(encoded(&head)).await,
+        answer_with(head).await,
         (502, "bad-agent-response".to_string())
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_header_bytes_are_502() {
-    let head = Frame::ResponseHead(ResponseHead {
-        status: 200,
-        headers: vec![Header::new("x-bad", b"line\r\nbreak".to_vec())],
-        empty_body: false,
-    });
+    let head = response_head(200, vec![Header::new("x-bad", b"line\r\nbreak".to_vec())]);
     assert_eq!(
-        answer_with(encoded(&head)).await,
+        answer_with(head).await,
         (502, "bad-agent-response".to_string())
     );
 }
@@ -159,11 +156,7 @@ async fn oversize_hello_closes_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_frames_after_end_are_ignored_safely() {
     // A valid response followed by junk after the end frame: the client gets the valid response.
-    let mut bytes = encoded(&Frame::ResponseHead(ResponseHead {
-        status: 200,
-        headers: vec![Header::new("content-length", "2")],
-        empty_body: false,
-    }));
+    let mut bytes = response_head(200, vec![Header::new("content-length", "2")]);
     bytes.extend(encoded(&Frame::Data(bytes::Bytes::from_static(b"ok"))));
     bytes.extend(encoded(&Frame::End));
     bytes.extend(b"trailing junk");

@@ -81,17 +81,13 @@ async fn name_taken_by_other_token_refused() {
 async fn reload_keeps_connected_agents() {
     let (ingress, state, reloader) = ingress_with_tokens("[tokens]\n\"old\" = [\"app\"]\n").await;
     let fixture = Fixture::start().await;
-    let mut agent = RunningAgent::start(
+    let _agent = RunningAgent::start_connected(
         ingress.quic_addr,
         &ingress.cert_sha256,
         "old",
         &[("app", fixture.addr)],
     )
-    .expect("start agent");
-    agent
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .expect("agent up");
+    .await;
     let url = format!("http://app.localhost:{}/small", ingress.http_addr.port());
     assert_eq!(get_all(Protocol::Http1, &url).await.status, 200);
 
