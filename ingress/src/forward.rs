@@ -340,7 +340,7 @@ async fn pump_request(
     }
 }
 
-/// Sends the request body; on failure resets the stream so the agent sees an abort, not a
+/// Sends the request body. On failure it resets the stream, so the agent gets an abort, not a
 /// complete body. Returns whether the body was sent whole.
 async fn send_request_body(body: Incoming, send: &mut SendStream, max_frame_len: u32) -> bool {
     match send_body(body, send, max_frame_len).await {

@@ -46,7 +46,7 @@ pub(crate) fn websocket_over_h1(head: &mut RequestHead) {
         .push(protocol::Header::new("sec-websocket-key", key));
 }
 
-/// Answers the client for an upstream `101` and starts the splice in its own task. An HTTP/2
+/// Builds the client's response to an upstream `101` and starts the splice in its own task. An HTTP/2
 /// WebSocket client gets `200` instead, as RFC 8441 specifies.
 pub(crate) fn switch_protocols(
     mut headers: HeaderMap,

@@ -6,7 +6,7 @@ pub enum DecodeError {
     /// The length prefix is over the configured maximum; nothing was allocated for it.
     #[error("frame of {len} bytes is over the maximum of {max} bytes")]
     TooLarge { len: u32, max: u32 },
-    /// The frame type byte is not one this version knows.
+    /// The frame type byte is not defined in this version.
     #[error("unknown frame type 0x{0:02x}")]
     UnknownType(u8),
     /// The payload does not decode as the type its header names.

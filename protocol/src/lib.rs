@@ -10,7 +10,7 @@
 //! - control stream (opened by the agent first): `Hello`, then the ingress's `HelloReply`; later
 //!   `Drain` when the agent is leaving.
 //! - request stream (one per public request, opened by the ingress): `RequestHead`, then the
-//!   request body as `Data` frames closed by `End` or `Trailers`; the agent answers with
+//!   request body as `Data` frames closed by `End` or `Trailers`; the agent replies with
 //!   `ResponseHead` (or `Failure`), then `Data` frames closed by `End` or `Trailers`. A head
 //!   marked `empty_body` is followed by no body frames at all. After a
 //!   `101 Switching Protocols` head both directions carry raw bytes with no framing until the

@@ -88,7 +88,7 @@ pub fn bind_endpoint_with(
     quinn::Endpoint::new(config, server, socket, Arc::new(TokioRuntime))
 }
 
-// The kernel caps these at net.core.rmem_max / wmem_max; asking for more is harmless, and the
+// The kernel caps these at net.core.rmem_max / wmem_max, so asking for more is harmless. The
 // default of about 200 KiB drops datagrams in bursts on a fast link.
 const UDP_BUFFER: usize = 8 * 1024 * 1024;
 

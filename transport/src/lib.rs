@@ -1,6 +1,6 @@
 //! QUIC plumbing shared by `ingress` and `tunnel-agent`.
 //!
-//! This crate is the only place outside `protocol` that knows the frame layout: it tunes
+//! This crate is the only place outside `protocol` that depends on the frame layout: it tunes
 //! endpoints, reads and writes frames on quinn streams, turns a stream into an HTTP body and back,
 //! and splices upgraded connections. It does not route requests or talk to upstreams.
 

@@ -49,7 +49,7 @@ pub struct Args {
     #[arg(long, env = "TUNNEL_UPSTREAM_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub upstream_connect_timeout: Duration,
 
-    /// Longest wait between reconnect attempts.
+    /// Maximum wait between reconnect attempts.
     #[arg(long, env = "TUNNEL_MAX_BACKOFF", default_value = "2s", value_parser = parse_duration)]
     pub max_backoff: Duration,
 
@@ -58,7 +58,7 @@ pub struct Args {
     pub drain_grace: Duration,
 }
 
-/// How the agent checks the ingress certificate.
+/// Trust anchor the agent checks the ingress certificate against.
 #[derive(Debug, Clone)]
 pub enum TrustAnchor {
     /// SHA-256 of the end-entity certificate.

@@ -185,7 +185,7 @@ async fn connect(
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Longest wait on shutdown for the connection close to be sent and acknowledged.
+/// Maximum wait on shutdown for the connection close to be sent and acknowledged.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 async fn resolve(ingress: &str) -> anyhow::Result<SocketAddr> {

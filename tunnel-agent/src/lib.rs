@@ -39,7 +39,7 @@ pub enum AgentError {
     },
 }
 
-/// Handle that asks a running agent to rebind its UDP socket.
+/// Handle that makes a running agent rebind its UDP socket.
 #[derive(Debug, Clone)]
 pub struct Rebinder(watch::Sender<u64>);
 

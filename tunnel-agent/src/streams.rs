@@ -148,7 +148,7 @@ async fn send_response(response: Response<Incoming>, mut send: SendStream, max_f
             let _ = send.finish();
         }
         Err(SendBodyError::Source(err)) => {
-            // Resetting tells the ingress the body is incomplete, so its client sees an abort
+            // A reset marks the body as incomplete for the ingress, so its client gets an abort
             // rather than a short body that looks whole.
             tracing::debug!(error = %err, "upstream response body failed; aborting stream");
             let _ = send.reset(transport::code(protocol::code::STREAM_ABORTED));
