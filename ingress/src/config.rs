@@ -9,6 +9,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use transport::{parse_duration, TransportLimits};
 
+use crate::proxies::AddrRange;
+
 /// Public side of ingress-tunnel: serves HTTP on a public port and routes each request by its
 /// Host (`<tunnel>.<domain>`) to a tunnel-agent connected over QUIC.
 #[derive(Debug, Parser)]
@@ -91,10 +93,28 @@ pub struct Args {
     #[arg(long, env = "INGRESS_DRAIN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub drain_grace: Duration,
 
-    /// Time a client has to send a complete HTTP/1.1 request head; then the connection is
-    /// closed (e.g. 30s).
+    /// Time a client has to finish the TLS handshake and to send a complete HTTP/1.1
+    /// request head; a head that started and did not finish gets 408 (e.g. 30s).
     #[arg(long, env = "INGRESS_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+
+    /// Time a client connection may stay open with no request in flight, HTTP/1.1 and
+    /// HTTP/2 alike; then it is closed, HTTP/2 with GOAWAY (e.g. 60s). An idle HTTP/1.1
+    /// connection also closes after the header read timeout, if that is shorter.
+    #[arg(long, env = "INGRESS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// A proxy in front of the ingress, as an address or a range such as 10.0.0.0/8; repeat
+    /// the flag or separate with commas. The client address is then read from the
+    /// X-Forwarded-For such a proxy sends, its X-Forwarded-Proto and -Host are kept, and its
+    /// connections do not count against --max-connections-per-ip. From any other peer,
+    /// X-Forwarded-For is only appended to.
+    #[arg(
+        long = "trusted-proxy",
+        env = "INGRESS_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<AddrRange>,
 
     /// Maximum size of a request head in bytes; larger ones get 431 (HTTP/1.1 uses at least
     /// 8192).
@@ -138,8 +158,12 @@ pub struct Config {
     pub drain_grace: Duration,
     /// Requests in flight to one agent; more wait up to the response-header timeout, then 503.
     pub max_streams_per_agent: u32,
-    /// Time a client has to send an HTTP/1.1 request head.
+    /// Time a client has to finish the TLS handshake and to send an HTTP/1.1 request head.
     pub header_read_timeout: Duration,
+    /// Time a client connection may stay open with no request in flight.
+    pub idle_timeout: Duration,
+    /// Proxies whose forwarding fields are believed.
+    pub trusted_proxies: Vec<AddrRange>,
     /// Maximum size of a request head.
     pub max_header_bytes: u32,
     /// Maximum open public connections per client address.
@@ -177,6 +201,8 @@ impl Config {
             drain_grace: Duration::from_secs(10),
             max_streams_per_agent: 4096,
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            trusted_proxies: Vec::new(),
             max_header_bytes: 65536,
             max_connections_per_ip: 512,
             handshake_timeout: Duration::from_secs(10),
@@ -206,6 +232,9 @@ impl TryFrom<Args> for Config {
         if args.max_connections_per_ip == 0 {
             bail!("--max-connections-per-ip must be at least 1");
         }
+        if args.idle_timeout.is_zero() {
+            bail!("--idle-timeout must be longer than zero");
+        }
         if args.max_streams_per_agent == 0 {
             bail!("--max-streams-per-agent must be at least 1");
         }
@@ -232,6 +261,8 @@ impl TryFrom<Args> for Config {
         config.response_header_timeout = args.response_header_timeout;
         config.drain_grace = args.drain_grace;
         config.header_read_timeout = args.header_read_timeout;
+        config.idle_timeout = args.idle_timeout;
+        config.trusted_proxies = args.trusted_proxies;
         config.max_header_bytes = args.max_header_bytes;
         config.max_connections_per_ip = args.max_connections_per_ip;
         config.max_streams_per_agent = args.max_streams_per_agent;

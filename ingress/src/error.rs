@@ -14,6 +14,12 @@ pub enum ProxyError {
     BadHost,
     #[error("too many connections from this address")]
     TooManyConnections,
+    #[error("the request has both Content-Length and Transfer-Encoding")]
+    LengthAndChunked,
+    #[error("only the chunked transfer coding is supported, once")]
+    UnsupportedCoding,
+    #[error("the request's framing could not be checked")]
+    UncheckedFraming,
     #[error("request head of {size} bytes is over the maximum of {max} bytes")]
     HeadTooLarge { size: usize, max: u32 },
     #[error("host {0:?} is not under this ingress's domain")]
@@ -36,7 +42,10 @@ impl ProxyError {
     /// Status code sent to the client.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadHost => StatusCode::BAD_REQUEST,
+            Self::BadHost | Self::LengthAndChunked | Self::UncheckedFraming => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
             Self::TooManyConnections | Self::AgentBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::ForeignHost(_) | Self::Route(RouteError::UnknownTunnel(_)) => {
@@ -60,6 +69,9 @@ impl ProxyError {
     pub fn cause(&self) -> &'static str {
         match self {
             Self::BadHost => "bad-host",
+            Self::LengthAndChunked => "length-and-chunked",
+            Self::UnsupportedCoding => "unsupported-transfer-coding",
+            Self::UncheckedFraming => "unchecked-framing",
             Self::TooManyConnections => "too-many-connections",
             Self::AgentBusy { .. } => "agent-busy",
             Self::HeadTooLarge { .. } => "head-too-large",
@@ -102,7 +114,16 @@ impl ProxyError {
             "x-ingress-error",
             header::HeaderValue::from_static(self.cause()),
         );
-        if matches!(self, Self::TooManyConnections | Self::HeadTooLarge { .. }) {
+        // After these the connection cannot go on: the rest of the request was not read, or
+        // its framing is in doubt.
+        if matches!(
+            self,
+            Self::TooManyConnections
+                | Self::HeadTooLarge { .. }
+                | Self::LengthAndChunked
+                | Self::UnsupportedCoding
+                | Self::UncheckedFraming
+        ) {
             headers.insert(
                 header::CONNECTION,
                 header::HeaderValue::from_static("close"),

@@ -20,8 +20,20 @@ use transport::{
 };
 
 use crate::error::ProxyError;
+use crate::http::Busy;
 use crate::upgrade::{is_h2_websocket, switch_protocols, websocket_over_h1};
 use crate::{ProxyBody, State};
+
+/// Who sent a request, and over what.
+pub(crate) struct Client {
+    /// The TCP peer.
+    pub(crate) peer: SocketAddr,
+    /// The client's address: the peer, or what a trusted proxy in front says.
+    pub(crate) addr: SocketAddr,
+    pub(crate) scheme: &'static str,
+    /// Holds the client connection open against the idle timeout until the exchange ends.
+    pub(crate) busy: Busy,
+}
 
 /// Forwards `request` to the agent serving `tunnel` and returns the response to send.
 ///
@@ -32,8 +44,7 @@ use crate::{ProxyBody, State};
 pub(crate) async fn forward(
     mut request: Request<Incoming>,
     tunnel: String,
-    client_addr: SocketAddr,
-    scheme: &'static str,
+    client: Client,
     state: &State,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut send, recv, permit) = open_stream(&tunnel, state).await?;
@@ -53,7 +64,7 @@ pub(crate) async fn forward(
     // The body of an extended CONNECT is the WebSocket itself, spliced once the upstream
     // accepts, so the request has no body of its own.
     let empty_body = h2_websocket || body.is_end_stream();
-    let mut head = request_head(&parts, &tunnel, client_addr, scheme, upgrade, empty_body);
+    let mut head = request_head(&parts, &tunnel, &client, upgrade, empty_body, state);
     if h2_websocket {
         websocket_over_h1(&mut head);
     }
@@ -86,7 +97,7 @@ pub(crate) async fn forward(
             on_upgrade,
             send,
             reader,
-            permit,
+            (permit, client.busy),
             span,
         );
         return Ok(response);
@@ -100,7 +111,7 @@ pub(crate) async fn forward(
         headers,
         head.empty_body,
         reader,
-        permit,
+        (permit, client.busy),
     ))
 }
 
@@ -172,21 +183,18 @@ fn streaming_response(
     mut headers: http::HeaderMap,
     empty_body: bool,
     reader: FrameReader,
-    permit: OwnedSemaphorePermit,
+    held: Held,
 ) -> Response<ProxyBody> {
     remove_hop_by_hop(&mut headers);
     let body = if empty_body {
-        drop(permit);
+        drop(held);
         crate::full_body(bytes::Bytes::new())
     } else {
         let length = content_length(&headers);
         let body = RecvBody::new(reader, length);
-        WithPermit {
-            body,
-            _permit: permit,
-        }
-        .map_err(Into::into)
-        .boxed_unsync()
+        Holding { body, _held: held }
+            .map_err(Into::into)
+            .boxed_unsync()
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -235,10 +243,10 @@ const OPEN_ATTEMPTS: usize = 3;
 fn request_head(
     parts: &http::request::Parts,
     tunnel: &str,
-    client_addr: SocketAddr,
-    scheme: &str,
+    client: &Client,
     upgrade: bool,
     empty_body: bool,
+    state: &State,
 ) -> RequestHead {
     let mut headers = parts.headers.clone();
     if upgrade {
@@ -256,6 +264,9 @@ fn request_head(
             headers.insert(http::header::HOST, value);
         }
     }
+    state
+        .proxies
+        .set_forwarded(&mut headers, client.peer, client.addr, client.scheme);
 
     let target = parts
         .uri
@@ -272,9 +283,9 @@ fn request_head(
         method: parts.method.as_str().to_string(),
         target,
         version,
-        scheme: scheme.to_string(),
+        scheme: client.scheme.to_string(),
         headers: to_wire(&headers),
-        client_addr,
+        client_addr: client.addr,
         upgrade,
         empty_body,
     }
@@ -362,13 +373,17 @@ async fn send_request_body(body: Incoming, send: &mut SendStream, max_frame_len:
     }
 }
 
-/// A response body that keeps the agent's stream permit until the body ends or is dropped.
-struct WithPermit<B> {
+/// What a forwarded exchange holds until it ends: the agent's stream permit, and the client
+/// connection's claim against the idle timeout.
+pub(crate) type Held = (OwnedSemaphorePermit, Busy);
+
+/// A response body that keeps what the exchange holds until the body ends or is dropped.
+struct Holding<B> {
     body: B,
-    _permit: OwnedSemaphorePermit,
+    _held: Held,
 }
 
-impl<B: Body + Unpin> Body for WithPermit<B> {
+impl<B: Body + Unpin> Body for Holding<B> {
     type Data = B::Data;
     type Error = B::Error;
 

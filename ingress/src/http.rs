@@ -12,6 +12,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use std::time::Duration;
 
+use http::{HeaderValue, StatusCode};
+
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -21,7 +23,9 @@ use tracing::Instrument;
 use transport::{shutdown_write, write_all_shared, SharedTcp};
 
 use crate::error::ProxyError;
+use crate::h1_check::{CheckLog, Checked, HeadCheck, MAX_REQUEST_FIELDS};
 use crate::limits::ConnectionPermit;
+use crate::shared_stream::SharedStream;
 use crate::{forward, ProxyBody, State};
 
 /// Accepts public connections until the listener fails.
@@ -43,25 +47,58 @@ pub(crate) async fn accept_clients(
             }
         };
         let span = tracing::debug_span!("client", %peer);
-        let permit = state.connection_limiter.acquire(peer.ip());
-        if permit.is_none() {
-            tracing::debug!(%peer, "too many connections from this address; answering 503");
-        }
-        let serve = serve_client(stream, peer, permit, state.clone(), draining.clone());
+        // A trusted proxy carries many clients, so its connections are not counted.
+        let admission = if state.proxies.trusts(peer.ip()) {
+            Admission::TrustedProxy
+        } else {
+            match state.connection_limiter.acquire(peer.ip()) {
+                Some(permit) => Admission::Counted(Arc::new(permit)),
+                None => {
+                    tracing::debug!(%peer, "too many connections from this address; answering 503");
+                    Admission::OverLimit
+                }
+            }
+        };
+        let serve = serve_client(stream, peer, admission, state.clone(), draining.clone());
         connections.spawn(serve.instrument(span));
     }
 }
 
-/// Serves one public connection. Without a `permit` (its address is over the connection
-/// limit) every request on it gets 503 and the connection closes.
+/// Admission of a public connection: whether it may send requests, and its slot while open.
+enum Admission {
+    /// Its slot under the per-address limit, held until the connection and every request on
+    /// it, upgrades included, have ended.
+    Counted(Arc<ConnectionPermit>),
+    TrustedProxy,
+    /// Its address is over the connection limit: every request on it gets 503 and the
+    /// connection closes.
+    OverLimit,
+}
+
+/// What one served connection shares with the service that answers its requests.
+#[derive(Clone)]
+struct ConnectionInfo {
+    peer: SocketAddr,
+    scheme: &'static str,
+    over_limit: bool,
+    /// Results of the HTTP/1.1 framing check; `None` on HTTP/2.
+    checks: Option<Arc<CheckLog>>,
+    activity: Activity,
+}
+
+/// Serves one public connection.
 async fn serve_client(
     stream: TcpStream,
     peer: SocketAddr,
-    permit: Option<ConnectionPermit>,
+    admission: Admission,
     state: Arc<State>,
     draining: watch::Receiver<bool>,
 ) {
-    let over_limit = permit.is_none();
+    let over_limit = matches!(admission, Admission::OverLimit);
+    let slot = match admission {
+        Admission::Counted(permit) => Some(permit),
+        Admission::TrustedProxy | Admission::OverLimit => None,
+    };
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(%err, "failed to set TCP_NODELAY");
     }
@@ -77,12 +114,32 @@ async fn serve_client(
                 return;
             }
         };
+        let info = |checks| ConnectionInfo {
+            peer,
+            scheme: "http",
+            over_limit,
+            checks,
+            activity: Activity::new(slot.clone()),
+        };
+        if h2 {
+            let _ = serve_h2(TokioIo::new(stream), info(None), state, draining).await;
+            return;
+        }
         let shared = SharedTcp::new(stream);
-        let io = TokioIo::new(shared.clone());
-        let result = serve_http(io, h2, "http", peer, over_limit, state, draining).await;
-        if let Err(err) = result {
-            if err.is_timeout() && shared.read_since_write() > 0 {
-                send_request_timeout(&shared).await;
+        let (checked, checks) = Checked::new(shared.clone(), checked_head_len(&state));
+        let result = serve_h1(
+            TokioIo::new(checked),
+            info(Some(checks.clone())),
+            state,
+            draining,
+        );
+        if let Err(err) = result.await {
+            if err.is_timeout() && checks.head_pending() {
+                let stream = shared.stream();
+                let written = write_all_shared(stream, REQUEST_TIMEOUT_RESPONSE);
+                if let Ok(Ok(())) = tokio::time::timeout(LATE_WRITE_LIMIT, written).await {
+                    let _ = shutdown_write(stream);
+                }
             }
         }
         return;
@@ -101,73 +158,208 @@ async fn serve_client(
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-    // Over TLS the ingress cannot add a 408 after hyper gives up, so a slow head just closes.
-    let io = TokioIo::new(tls);
-    let _ = serve_http(io, h2, "https", peer, over_limit, state, draining).await;
-    drop(permit);
+    let info = |checks| ConnectionInfo {
+        peer,
+        scheme: "https",
+        over_limit,
+        checks,
+        activity: Activity::new(slot.clone()),
+    };
+    if h2 {
+        let _ = serve_h2(TokioIo::new(tls), info(None), state, draining).await;
+    } else {
+        let shared = SharedStream::new(tls);
+        let (checked, checks) = Checked::new(shared.clone(), checked_head_len(&state));
+        let result = serve_h1(
+            TokioIo::new(checked),
+            info(Some(checks.clone())),
+            state,
+            draining,
+        );
+        if let Err(err) = result.await {
+            if err.is_timeout() && checks.head_pending() {
+                let written = shared.write_and_close(REQUEST_TIMEOUT_RESPONSE);
+                let _ = tokio::time::timeout(LATE_WRITE_LIMIT, written).await;
+            }
+        }
+    }
 }
 
-/// Serves HTTP/2 or HTTP/1.1 (with upgrades) on an accepted connection until it closes, and
-/// returns how the connection ended.
-async fn serve_http<I>(
+/// Sent for a request head that did not arrive within the header read timeout.
+const REQUEST_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\
+    content-length: 0\r\nx-ingress-error: header-timeout\r\n\r\n";
+
+/// How long the 408 may take to write before the connection is dropped without it.
+const LATE_WRITE_LIMIT: Duration = Duration::from_secs(2);
+
+/// hyper's HTTP/1.1 read buffer, which bounds a request head; it does not accept less than
+/// 8 KiB.
+fn h1_buffer_len(state: &State) -> usize {
+    (state.config.max_header_bytes as usize).max(8192)
+}
+
+/// Longest head the framing check follows: more than hyper's buffer holds, so the check never
+/// gives up on a head that hyper accepts.
+fn checked_head_len(state: &State) -> usize {
+    h1_buffer_len(state) + 8192
+}
+
+/// Serves prior-knowledge or ALPN-negotiated HTTP/2 until the connection closes.
+async fn serve_h2<I>(
     io: TokioIo<I>,
-    h2: bool,
-    scheme: &'static str,
-    peer: SocketAddr,
-    over_limit: bool,
+    info: ConnectionInfo,
     state: Arc<State>,
     draining: watch::Receiver<bool>,
 ) -> hyper::Result<()>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let header_timeout = state.config.header_read_timeout;
-    let max_header_bytes = state.config.max_header_bytes;
-    let service = service_fn(move |request| {
-        let state = state.clone();
-        async move {
-            if over_limit {
-                return Ok::<_, Infallible>(ProxyError::TooManyConnections.into_response());
-            }
-            Ok::<_, Infallible>(handle(request, peer, scheme, state).await)
-        }
-    });
-    let result = if h2 {
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .max_header_list_size(max_header_bytes)
-            .enable_connect_protocol()
-            // A peer that does not acknowledge a ping within 20 s is gone; its connection and
-            // streams are dropped instead of held open.
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(20));
-        drive(builder.serve_connection(io, service), draining).await
-    } else {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        // A request head over the buffer size gets 431; hyper does not accept less than 8 KiB.
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .max_buf_size((max_header_bytes as usize).max(8192));
-        let connection = builder.serve_connection(io, service).with_upgrades();
-        drive(connection, draining).await
-    };
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(state.config.max_header_bytes)
+        .enable_connect_protocol()
+        // A peer that does not acknowledge a ping within 20 s is gone; its connection and
+        // streams are dropped instead of held open.
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let activity = info.activity.clone();
+    let idle = activity.idle_for(state.config.idle_timeout);
+    let service = service(info, state);
+    let result = drive(builder.serve_connection(io, service), draining, idle).await;
     if let Err(err) = &result {
         tracing::debug!(error = %err, "public connection ended with an error");
     }
     result
 }
 
-/// Sends `408 Request Timeout` for a request head that did not arrive within the header read
-/// timeout, then closes the write side.
-async fn send_request_timeout(shared: &SharedTcp) {
-    const RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\
-        content-length: 0\r\nx-ingress-error: header-timeout\r\n\r\n";
-    let stream = shared.stream();
-    let written = tokio::time::timeout(Duration::from_secs(2), write_all_shared(stream, RESPONSE));
-    if let Ok(Ok(())) = written.await {
-        let _ = shutdown_write(stream);
+/// Serves HTTP/1.1, with upgrades, until the connection closes or is upgraded.
+async fn serve_h1<I>(
+    io: TokioIo<I>,
+    info: ConnectionInfo,
+    state: Arc<State>,
+    draining: watch::Receiver<bool>,
+) -> hyper::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // A request head over the buffer size gets 431.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.header_read_timeout)
+        .max_headers(MAX_REQUEST_FIELDS)
+        .max_buf_size(h1_buffer_len(&state));
+    let activity = info.activity.clone();
+    let idle = activity.idle_for(state.config.idle_timeout);
+    let service = service(info, state);
+    let connection = builder.serve_connection(io, service).with_upgrades();
+    let result = drive(connection, draining, idle).await;
+    if let Err(err) = &result {
+        tracing::debug!(error = %err, "public connection ended with an error");
+    }
+    result
+}
+
+/// The service answering each request of one connection.
+fn service(
+    info: ConnectionInfo,
+    state: Arc<State>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
+> + Clone {
+    service_fn(move |request| {
+        let state = state.clone();
+        let info = info.clone();
+        async move {
+            let busy = info.activity.begin();
+            if info.over_limit {
+                return Ok(ProxyError::TooManyConnections.into_response());
+            }
+            let check = match &info.checks {
+                Some(checks) => match checks.next_head() {
+                    Some(check) => Some(check),
+                    None => return Ok(ProxyError::UncheckedFraming.into_response()),
+                },
+                None => None,
+            };
+            match check {
+                Some(HeadCheck::LengthAndChunked) => {
+                    return Ok(ProxyError::LengthAndChunked.into_response())
+                }
+                Some(HeadCheck::UnsupportedCoding) => {
+                    return Ok(ProxyError::UnsupportedCoding.into_response())
+                }
+                Some(HeadCheck::Clean | HeadCheck::Upgrade) | None => {}
+            }
+            let mut response = handle(request, &info, state, busy).await;
+            if check == Some(HeadCheck::Upgrade)
+                && response.status() != StatusCode::SWITCHING_PROTOCOLS
+            {
+                // The framing check stopped at the upgrade request, so the next request on
+                // this connection would go unchecked; the client opens a new one instead.
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(response)
+        }
+    })
+}
+
+/// Requests in flight on one client connection, watched for the idle timeout.
+#[derive(Clone)]
+pub(crate) struct Activity {
+    count: Arc<watch::Sender<usize>>,
+    slot: Option<Arc<ConnectionPermit>>,
+}
+
+/// One request in flight; dropping it ends the request for the idle timeout. Responses keep
+/// it until their body ends, upgrades until the splice ends. It also keeps the connection's
+/// slot under the per-address limit, which an upgraded connection would otherwise give up
+/// when hyper lets go of it.
+pub(crate) struct Busy {
+    count: Arc<watch::Sender<usize>>,
+    _slot: Option<Arc<ConnectionPermit>>,
+}
+
+impl Activity {
+    fn new(slot: Option<Arc<ConnectionPermit>>) -> Self {
+        Self {
+            count: Arc::new(watch::Sender::new(0)),
+            slot,
+        }
+    }
+
+    fn begin(&self) -> Busy {
+        self.count.send_modify(|count| *count += 1);
+        Busy {
+            count: self.count.clone(),
+            _slot: self.slot.clone(),
+        }
+    }
+
+    /// Completes once no request has been in flight for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        let mut count = self.count.subscribe();
+        loop {
+            // The sender lives in `self`, so these waits never fail.
+            let _ = count.wait_for(|count| *count == 0).await;
+            let busy_again = tokio::time::timeout(limit, count.wait_for(|count| *count > 0));
+            if busy_again.await.is_err() {
+                tracing::debug!(?limit, "closing idle connection");
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.count.send_modify(|count| *count -= 1);
     }
 }
 
@@ -203,16 +395,18 @@ where
     }
 }
 
-/// Runs `connection` to its end; once `draining` turns true it finishes the requests in
-/// flight (HTTP/2 sends GOAWAY) and closes.
+/// Runs `connection` to its end; once `draining` turns true or `idle` completes it finishes
+/// the requests in flight (HTTP/2 sends GOAWAY) and closes.
 async fn drive<C: Drainable>(
     connection: C,
     mut draining: watch::Receiver<bool>,
+    idle: impl Future<Output = ()>,
 ) -> hyper::Result<()> {
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => return result,
         _ = draining.wait_for(|draining| *draining) => {}
+        () = idle => {}
     }
     connection.as_mut().start_draining();
     connection.await
@@ -245,9 +439,9 @@ async fn starts_with_h2_preface(stream: &TcpStream, limit: Duration) -> std::io:
 
 async fn handle(
     request: Request<Incoming>,
-    peer: SocketAddr,
-    scheme: &'static str,
+    info: &ConnectionInfo,
     state: Arc<State>,
+    busy: Busy,
 ) -> Response<ProxyBody> {
     let head_size = head_size(&request);
     if head_size > state.config.max_header_bytes as usize {
@@ -272,7 +466,13 @@ async fn handle(
             return err.into_response();
         }
     };
-    match forward::forward(request, tunnel, peer, scheme, &state).await {
+    let client = forward::Client {
+        peer: info.peer,
+        addr: state.proxies.client_addr(info.peer, request.headers()),
+        scheme: info.scheme,
+        busy,
+    };
+    match forward::forward(request, tunnel, client, &state).await {
         Ok(response) => response,
         Err(err @ ProxyError::BadResponse { .. }) => {
             // The agent broke the protocol: worth an operator's attention, unlike a dead upstream.

@@ -3,8 +3,7 @@
 //! An [`Ingress`] owns two listeners: a TCP listener serving HTTP/1.1 and prior-knowledge
 //! HTTP/2 to public clients, and a QUIC endpoint where tunnel-agents connect. Each public
 //! request becomes its own QUIC stream to the agent serving the tunnel named in its Host.
-//! TLS on the public listener is not implemented; put a TLS-terminating proxy in front for
-//! HTTPS.
+//! With a certificate the public listener serves HTTPS, HTTP/2 or HTTP/1.1 by ALPN.
 
 #![forbid(unsafe_code)]
 
@@ -12,9 +11,14 @@ mod auth;
 mod config;
 mod error;
 mod forward;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+mod h1_check;
 mod http;
 mod limits;
+mod proxies;
 mod registry;
+mod shared_stream;
 mod tls;
 mod tunnels;
 mod upgrade;
@@ -34,6 +38,7 @@ use tokio_util::task::TaskTracker;
 
 pub use crate::config::{Args, Config};
 pub use crate::error::ProxyError;
+pub use crate::proxies::AddrRange;
 pub use crate::registry::RouteError;
 
 /// Error type of response bodies.
@@ -59,6 +64,7 @@ pub(crate) struct State {
     public_tls: Option<tokio_rustls::TlsAcceptor>,
     failures: auth::FailureLimiter,
     connection_limiter: limits::ConnectionLimiter,
+    proxies: proxies::TrustedProxies,
     http_port: u16,
 }
 
@@ -93,7 +99,9 @@ impl Ingress {
         let connection_limiter = limits::ConnectionLimiter::new(config.max_connections_per_ip);
         let failures =
             auth::FailureLimiter::new(config.max_failed_handshakes, Duration::from_secs(60));
+        let proxies = proxies::TrustedProxies::new(config.trusted_proxies.clone());
         let state = Arc::new(State {
+            proxies,
             config,
             registry,
             tokens: RwLock::new(Arc::new(tokens)),

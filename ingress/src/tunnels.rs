@@ -11,9 +11,9 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 use transport::{write_frame, FrameReader};
 
-use crate::auth::TokenId;
+use crate::auth::{FailureLimiter, TokenId, Tokens};
 use crate::registry::{check_tunnel_name, Agent};
-use crate::State;
+use crate::{Config, State};
 
 /// Accepts agent connections until the endpoint is closed.
 pub(crate) async fn accept_agents(endpoint: quinn::Endpoint, state: Arc<State>) {
@@ -61,7 +61,14 @@ async fn handshake(
     let mut reader = FrameReader::new(recv, state.config.max_frame_len);
     let hello = read_hello(&mut reader, &connection).await?;
 
-    let (token_id, names) = match check_hello(&hello, peer.ip(), state) {
+    let checked = check_hello(
+        &hello,
+        peer.ip(),
+        &state.config,
+        &state.tokens(),
+        &state.failures,
+    );
+    let (token_id, names) = match checked {
         Ok(checked) => checked,
         Err((reason, message)) => {
             tracing::info!(?reason, %message, agent_version = %hello.agent_version, "agent refused");
@@ -136,15 +143,18 @@ async fn read_hello(reader: &mut FrameReader, connection: &Connection) -> anyhow
     Err(anyhow!(message))
 }
 
-/// Checks the hello and returns the token's id and the lower-cased tunnel names, or why it is
+/// Checks the hello against the configuration and the accepted tokens, counting failures in
+/// `failures`, and returns the token's id and the lower-cased tunnel names, or why it is
 /// refused. Names already served under another token are checked at registration.
-fn check_hello(
+pub(crate) fn check_hello(
     hello: &Hello,
     peer: std::net::IpAddr,
-    state: &State,
+    config: &Config,
+    tokens: &Tokens,
+    failures: &FailureLimiter,
 ) -> Result<(TokenId, Vec<String>), (RefuseReason, String)> {
     let now = Instant::now();
-    if state.failures.is_limited(peer, now) {
+    if failures.is_limited(peer, now) {
         return Err((
             RefuseReason::RateLimited,
             "too many failed handshakes from this address; try again in a minute".to_string(),
@@ -153,11 +163,11 @@ fn check_hello(
     if let Err(err) = protocol::check_version(hello.protocol_version) {
         return Err((RefuseReason::UnsupportedVersion, err.to_string()));
     }
-    let Some((token_id, allowed)) = state.tokens().check(&hello.token) else {
-        let failures = state.failures.record(peer, now);
+    let Some((token_id, allowed)) = tokens.check(&hello.token) else {
+        let count = failures.record(peer, now);
         return Err((
             RefuseReason::BadToken,
-            format!("invalid token (failure {failures} from this address this minute)"),
+            format!("invalid token (failure {count} from this address this minute)"),
         ));
     };
     if hello.tunnels.is_empty() {
@@ -171,14 +181,14 @@ fn check_hello(
     for name in &hello.tunnels {
         let name =
             check_tunnel_name(name).map_err(|err| (RefuseReason::InvalidName, err.to_string()))?;
-        if state.config.only_declared && !state.config.declared_tunnels.contains(&name) {
+        if config.only_declared && !config.declared_tunnels.contains(&name) {
             return Err((
                 RefuseReason::NameNotAllowed,
                 format!("tunnel name {name:?} is not declared on this ingress"),
             ));
         }
         if !allowed.permits(&name) {
-            state.failures.record(peer, now);
+            failures.record(peer, now);
             return Err((
                 RefuseReason::NameNotAllowed,
                 format!("this token may not serve tunnel {name:?}"),

@@ -5,12 +5,14 @@
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use protocol::RequestHead;
 use quinn::{RecvStream, SendStream};
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
-use transport::{remove_hop_by_hop, remove_hop_by_hop_except_upgrade, FrameReader};
+use transport::{remove_hop_by_hop, remove_hop_by_hop_except_upgrade, FrameReader, SharedTcp};
 
+use crate::forward::Held;
+use crate::h1_check::Checked;
 use crate::ProxyBody;
 
 /// Returns whether `request` is an HTTP/2 extended CONNECT for the `websocket` protocol.
@@ -54,7 +56,7 @@ pub(crate) fn switch_protocols(
     on_upgrade: OnUpgrade,
     send: SendStream,
     reader: FrameReader,
-    permit: OwnedSemaphorePermit,
+    held: Held,
     span: tracing::Span,
 ) -> Response<ProxyBody> {
     let status = if h2_websocket {
@@ -67,19 +69,14 @@ pub(crate) fn switch_protocols(
         remove_hop_by_hop_except_upgrade(&mut headers);
         StatusCode::SWITCHING_PROTOCOLS
     };
-    tokio::spawn(splice(on_upgrade, send, reader, permit).instrument(span));
+    tokio::spawn(splice(on_upgrade, send, reader, held).instrument(span));
     let mut response = Response::new(crate::full_body(bytes::Bytes::new()));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
 }
 
-async fn splice(
-    on_upgrade: OnUpgrade,
-    mut send: SendStream,
-    reader: FrameReader,
-    _permit: OwnedSemaphorePermit,
-) {
+async fn splice(on_upgrade: OnUpgrade, mut send: SendStream, reader: FrameReader, _held: Held) {
     let (recv, pending): (RecvStream, bytes::Bytes) = reader.into_parts();
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
@@ -89,7 +86,16 @@ async fn splice(
             return;
         }
     };
-    match transport::splice_upgraded(upgraded, send, recv, pending).await {
+    // The public listener's plain HTTP/1.1 connections are a TCP socket under the framing
+    // check; unwrapped, they take the splice without copy buffers.
+    let spliced = match upgraded.downcast::<TokioIo<Checked<SharedTcp>>>() {
+        Ok(parts) => {
+            let local = parts.io.into_inner().into_inner().stream().clone();
+            transport::splice_tcp(local, parts.read_buf, send, recv, pending).await
+        }
+        Err(upgraded) => transport::splice_upgraded(upgraded, send, recv, pending).await,
+    };
+    match spliced {
         Ok(outcome) => tracing::debug!(
             to_agent = outcome.to_stream,
             to_client = outcome.from_stream,

@@ -151,7 +151,77 @@ async fn forwarded_headers_set(protocol: Protocol) {
         seen.contains(&format!("x-forwarded-host: app.localhost:{port}\n")),
         "{seen}"
     );
+    assert!(seen.contains("x-real-ip: 127.0.0.1\n"), "{seen}");
     assert!(seen.contains("x-custom: kept\n"), "{seen}");
+}
+
+/// A client cannot pass for another address, protocol or host by sending forwarding fields
+/// itself; a trusted proxy in front of the ingress can. Connections from a trusted proxy do not
+/// count against the per-address connection limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxy_fields_believed() {
+    let forged = |tunnel: &Tunnel| {
+        Request::get(tunnel.url("/echo-headers"))
+            .header("x-forwarded-for", "203.0.113.7")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "www.example.com")
+            .header("x-real-ip", "203.0.113.8")
+            .body(client::empty())
+            .expect("valid request")
+    };
+
+    let untrusting = Tunnel::start_with(|config| {
+        config.trusted_proxies = vec!["10.0.0.0/8".parse().expect("valid range")];
+    })
+    .await;
+    let seen = collect(client::send(Protocol::Http1, forged(&untrusting)).await)
+        .await
+        .body;
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(
+        seen.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("x-real-ip: 127.0.0.1\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-proto: http\n"), "{seen}");
+    assert!(!seen.contains("www.example.com"), "{seen}");
+
+    let trusting = Tunnel::start_with(|config| {
+        config.trusted_proxies = vec!["127.0.0.0/8".parse().expect("valid range")];
+        config.max_connections_per_ip = 1;
+    })
+    .await;
+    let seen = collect(client::send(Protocol::Http1, forged(&trusting)).await)
+        .await
+        .body;
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(
+        seen.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("x-real-ip: 203.0.113.7\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-proto: https\n"), "{seen}");
+    assert!(
+        seen.contains("x-forwarded-host: www.example.com\n"),
+        "{seen}"
+    );
+
+    // Three connections held open at once from a trusted address, over a limit of one.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut socket = tokio::net::TcpStream::connect(trusting.ingress.http_addr)
+            .await
+            .expect("connect");
+        socket
+            .write_all(b"GET /small HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = vec![0u8; 1024];
+        let read = socket.read(&mut buf).await.expect("read");
+        let text = String::from_utf8_lossy(&buf[..read]).to_string();
+        assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+        held.push(socket);
+    }
 }
 
 /// An HTTP/1.1 client that sends `Expect: 100-continue` waits for the interim response before

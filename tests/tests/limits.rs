@@ -1,6 +1,6 @@
 //! Request limits and malformed requests on the public listener, sent over raw sockets. Each
-//! gets its status (400, 408, 431, 503) or a closed connection, never a hang, and none of them
-//! reaches the upstream.
+//! gets its status (400, 408, 431, 501, 503) or a closed connection, never a hang, and none of
+//! them reaches the upstream. Also the idle timeout, HTTP/1.1 and HTTP/2.
 
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,36 @@ async fn malformed_requests_rejected() {
             format!("GET /small HTTP/1.1\r\nHost: app.localhost\r\nX-Big: {}\r\n\r\n", "a".repeat(100_000)).into_bytes(),
             "HTTP/1.1 431 ",
         ),
+        (
+            "Content-Length before Transfer-Encoding",
+            b"POST /upload HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+            "HTTP/1.1 400 ",
+        ),
+        (
+            "Transfer-Encoding before Content-Length",
+            b"POST /upload HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+            "HTTP/1.1 400 ",
+        ),
+        (
+            "Transfer-Encoding other than chunked last",
+            b"POST /upload HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+            "HTTP/1.1 400 ",
+        ),
+        (
+            "a coding before chunked",
+            b"POST /upload HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            "HTTP/1.1 501 ",
+        ),
+        (
+            "chunked twice",
+            b"POST /upload HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            "HTTP/1.1 501 ",
+        ),
+        (
+            "Transfer-Encoding in HTTP/1.0",
+            b"POST /upload HTTP/1.0\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            "HTTP/1.1 400 ",
+        ),
         ("missing Host", b"GET /small HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(), "HTTP/1.1 400 "),
         ("invalid method", b"G\x01T /small HTTP/1.1\r\nHost: app.localhost\r\n\r\n".to_vec(), "HTTP/1.1 400 "),
     ];
@@ -73,16 +103,92 @@ async fn malformed_requests_rejected() {
     );
 }
 
-/// A request with both `Content-Length` and `Transfer-Encoding: chunked` is framed by its
-/// chunks alone, because hyper drops the length. The upstream gets only the chunked body, so
-/// the two hops cannot disagree about where the request ends.
+/// The smuggling pattern: a front that trusts `Content-Length` and a back that trusts the
+/// chunks would disagree about where the request ends, and the second request hidden in its
+/// body would reach the upstream on its own. The ingress rejects the rest of the connection:
+/// the request in front gets its response, the ambiguous one gets 400, the connection closes, and
+/// the upstream sees only the request in front.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn length_with_chunked_uses_chunks_only() {
+async fn smuggled_request_rejected() {
     let tunnel = Tunnel::start().await;
-    let request = b"POST /echo-headers HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-    let response = exchange(&tunnel, request).await;
+    let hidden = "GET /echo-headers HTTP/1.1\r\nHost: app.localhost\r\nX-Hidden: yes\r\n\r\n";
+    let pipeline = format!(
+        "GET /small HTTP/1.1\r\nHost: app.localhost\r\n\r\n\
+         POST /upload HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 5\r\n\
+         Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}"
+    );
+    let started = Instant::now();
+    let response = exchange(&tunnel, pipeline.as_bytes()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the connection was not closed after the 400: {:?}",
+        started.elapsed()
+    );
+    let statuses: Vec<&str> = response
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &response[at..at + 12])
+        .collect();
+    assert_eq!(statuses, ["HTTP/1.1 200", "HTTP/1.1 400"], "{response}");
+    assert!(
+        response.contains("x-ingress-error: length-and-chunked"),
+        "{response}"
+    );
+    assert!(!response.contains("x-hidden"), "{response}");
+    let observed = tunnel.fixture.observed();
+    assert_eq!(observed.hits.get("/small"), Some(&1), "{:?}", observed.hits);
+    assert_eq!(
+        observed.hits.values().sum::<usize>(),
+        1,
+        "{:?}",
+        observed.hits
+    );
+}
+
+/// Chunked and sized bodies with extensions and trailers, pipelined on one connection, all
+/// reach the upstream whole: the framing check finds each head where hyper does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_bodies_pass_the_check() {
+    let tunnel = Tunnel::start().await;
+    let pipeline =
+        b"POST /upload HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+        3;name=value\r\nabc\r\n2 \r\nde\r\n0\r\nX-Trailer: t\r\n\r\n\
+        POST /upload HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 4\r\n\r\nwxyz\
+        GET /small HTTP/1.1\r\nHost: app.localhost\r\nConnection: close\r\n\r\n";
+    let response = exchange(&tunnel, pipeline).await;
+    let statuses: Vec<&str> = response
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &response[at..at + 12])
+        .collect();
+    assert_eq!(
+        statuses,
+        ["HTTP/1.1 200", "HTTP/1.1 200", "HTTP/1.1 200"],
+        "{response}"
+    );
+    let observed = tunnel.fixture.observed();
+    assert_eq!(
+        observed.hits.get("/upload"),
+        Some(&2),
+        "{:?}",
+        observed.hits
+    );
+    assert_eq!(observed.hits.get("/small"), Some(&1), "{:?}", observed.hits);
+}
+
+/// An upgrade the upstream declines ends the connection after the response, since what the
+/// client sends next may be the other protocol's bytes. A request written after it is not
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declined_upgrade_closes_connection() {
+    let tunnel = Tunnel::start().await;
+    let pipeline = b"GET /small HTTP/1.1\r\nHost: app.localhost\r\nUpgrade: websocket\r\n\
+        Connection: upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\
+        GET /echo-headers HTTP/1.1\r\nHost: app.localhost\r\n\r\n";
+    let started = Instant::now();
+    let response = exchange(&tunnel, pipeline).await;
+    assert!(started.elapsed() < Duration::from_secs(4), "{response}");
     assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
-    assert!(!response.contains("content-length: 4"), "{response}");
+    assert!(response.contains("connection: close\r\n"), "{response}");
+    assert_eq!(response.matches("HTTP/1.1 ").count(), 1, "{response}");
     assert_eq!(upstream_hits(&tunnel), 1);
 }
 
@@ -187,4 +293,78 @@ async fn silent_connection_closed() {
         .unwrap_or(0);
     assert_eq!(read, 0);
     assert!(started.elapsed() >= Duration::from_millis(400));
+}
+
+/// A keep-alive connection with no request in flight is closed at the idle timeout, well
+/// before the header read timeout, and without a 408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http1_connection_closed() {
+    let tunnel =
+        Tunnel::start_with(|config| config.idle_timeout = Duration::from_millis(500)).await;
+    let mut socket = TcpStream::connect(tunnel.ingress.http_addr)
+        .await
+        .expect("connect");
+    socket
+        .write_all(b"GET /small HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+        .await
+        .expect("write request");
+    let started = Instant::now();
+    let response = read_for(&mut socket, Duration::from_secs(10)).await;
+    let elapsed = started.elapsed();
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(!response.contains("408"), "{response}");
+    assert!(
+        elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(5),
+        "closed after {elapsed:?}"
+    );
+}
+
+/// HTTP/2: a response that streams for longer than the idle timeout is not cut, and once it
+/// ends the idle connection closes (GOAWAY) at the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connection_closed_after_streaming() {
+    use http_body_util::BodyExt;
+
+    let tunnel =
+        Tunnel::start_with(|config| config.idle_timeout = Duration::from_millis(600)).await;
+    let tcp = TcpStream::connect(tunnel.ingress.http_addr)
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = connection.await;
+        let _ = closed_tx.send(Instant::now());
+    });
+
+    // Four lines 400 ms apart: 1.2 s of streaming, twice the idle timeout.
+    let request = http::Request::get(tunnel.url("/drip?lines=4&interval_ms=400"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("valid request");
+    let response = sender.send_request(request).await.expect("response head");
+    assert_eq!(response.status(), 200);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body streamed whole")
+        .to_bytes();
+    let body_done = Instant::now();
+    let lines = String::from_utf8_lossy(&body).lines().count();
+    assert_eq!(lines, 4, "{}", String::from_utf8_lossy(&body));
+
+    let closed = tokio::time::timeout(Duration::from_secs(5), closed_rx)
+        .await
+        .expect("idle HTTP/2 connection closed within 5 s")
+        .expect("connection task ended");
+    let idle = closed.duration_since(body_done);
+    assert!(
+        idle >= Duration::from_millis(400),
+        "closed {idle:?} after the last response"
+    );
 }

@@ -19,10 +19,18 @@ fn make_certificate(dir: &TempDir) -> (PathBuf, PathBuf) {
 }
 
 async fn tls_tunnel(dir: &TempDir) -> (Tunnel, PathBuf) {
+    tls_tunnel_with(dir, |_| {}).await
+}
+
+async fn tls_tunnel_with(
+    dir: &TempDir,
+    tweak: impl FnOnce(&mut ingress::Config),
+) -> (Tunnel, PathBuf) {
     let (cert, key) = make_certificate(dir);
     let tunnel = Tunnel::start_with(|config| {
         config.public_tls = Some((cert.clone(), key));
         config.default_tunnel = Some("app".into());
+        tweak(config);
     })
     .await;
     (tunnel, cert)
@@ -152,4 +160,70 @@ asyncio.run(asyncio.wait_for(main(), 20))
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok");
+}
+
+/// Over TLS, a request head that starts and does not finish within the header read timeout
+/// gets 408, as over plain HTTP; a silent TLS connection is closed without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_head_over_tls_gets_408() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = TempDir::new("public-tls");
+    let (tunnel, ca) = tls_tunnel_with(&dir, |config| {
+        config.header_read_timeout = std::time::Duration::from_millis(500);
+    })
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&ca).expect("read certificate"))
+        .expect("add root");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_config));
+    let name = ServerName::try_from("app.localhost").expect("server name");
+
+    for (head, expect_408) in [
+        (&b"GET /small HTTP/1.1\r\nHost: app.lo"[..], true),
+        (&b""[..], false),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(tunnel.ingress.http_addr)
+            .await
+            .expect("connect");
+        let mut tls = connector
+            .connect(name.clone(), tcp)
+            .await
+            .expect("TLS handshake");
+        tls.write_all(head).await.expect("write part of a head");
+        let started = std::time::Instant::now();
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tls.read_to_end(&mut received),
+        )
+        .await
+        .expect("the ingress closed the connection within 5 s");
+        let elapsed = started.elapsed();
+        let text = String::from_utf8_lossy(&received);
+        if expect_408 {
+            read.expect("clean TLS close after the 408");
+            assert!(
+                text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+                "{text:?}"
+            );
+        } else {
+            assert!(received.is_empty(), "{text:?}");
+        }
+        assert!(
+            elapsed >= std::time::Duration::from_millis(400),
+            "closed after {elapsed:?}"
+        );
+    }
+    assert_eq!(tunnel.fixture.observed().hits.values().sum::<usize>(), 0);
 }

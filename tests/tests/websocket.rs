@@ -184,10 +184,12 @@ async fn declined_upgrade_is_normal_response() {
 }
 
 /// RFC 8441: an HTTP/2 client opens a WebSocket with an extended CONNECT on one stream of its
-/// connection. The ingress carries it to the HTTP/1.1 upstream as an ordinary upgrade.
+/// connection. The ingress carries it to the HTTP/1.1 upstream as an ordinary upgrade. A quiet
+/// WebSocket counts as a request in flight, so the idle timeout does not close its connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_over_http2_connect() {
-    let tunnel = Tunnel::start().await;
+    let tunnel =
+        Tunnel::start_with(|config| config.idle_timeout = Duration::from_millis(300)).await;
     let tcp = TcpStream::connect(tunnel.ingress.http_addr)
         .await
         .expect("connect to ingress");
@@ -222,6 +224,20 @@ async fn websocket_over_http2_connect() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["sec-websocket-protocol"], "chat.v1");
     let mut recv = response.into_body();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    // Had the connection been taken for idle, GOAWAY would refuse this new stream.
+    let small = http::Request::get(tunnel.url("/small"))
+        .body(())
+        .expect("valid request");
+    let mut client = client.ready().await.expect("HTTP/2 connection ready");
+    let (small, _) = client
+        .send_request(small, true)
+        .expect("open a second stream");
+    let small = tokio::time::timeout(Duration::from_secs(5), small)
+        .await
+        .expect("response within 5 s")
+        .expect("second stream answered");
+    assert_eq!(small.status(), 200);
 
     // One masked text frame, as a client must send it, then the unmasked echo back.
     let payload = b"over h2";
@@ -249,4 +265,54 @@ async fn websocket_over_http2_connect() {
     }
     assert_eq!(&echoed[..2], &[0x81, payload.len() as u8]);
     assert_eq!(&echoed[2..], payload);
+}
+
+/// An open WebSocket keeps its connection's slot under `--max-connections-per-ip` after hyper
+/// has let go of the upgraded connection; closing it frees the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_counts_against_connection_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let tunnel = Tunnel::start_with(|config| config.max_connections_per_ip = 1).await;
+    let (mut socket, _) = connect(&tunnel, "chat.v1").await;
+    socket
+        .send(Message::Text("hold".into()))
+        .await
+        .expect("send text");
+    assert_eq!(
+        next_message(&mut socket).await,
+        Message::Text("hold".into())
+    );
+
+    let status_of_new_connection = || async {
+        let mut tcp = TcpStream::connect(tunnel.ingress.http_addr)
+            .await
+            .expect("connect");
+        tcp.write_all(b"GET /small HTTP/1.1\r\nHost: app.localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut received = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut received)).await;
+        String::from_utf8_lossy(&received)
+            .chars()
+            .take(12)
+            .collect::<String>()
+    };
+    assert_eq!(status_of_new_connection().await, "HTTP/1.1 503");
+
+    socket.close(None).await.expect("close");
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), socket.next()).await {}
+    drop(socket);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = status_of_new_connection().await;
+        if status == "HTTP/1.1 200" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was not freed after the WebSocket closed: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -6,7 +6,6 @@ use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, HOST};
 use http::{Request, Response, Version};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -136,7 +135,6 @@ pub(crate) fn build_request<B>(
     } else {
         remove_hop_by_hop(&mut headers);
     }
-    set_forwarded(&mut headers, &head.scheme, head.client_addr.ip());
 
     let version = match upstream.protocol {
         UpstreamProtocol::Http1 => Version::HTTP_11,
@@ -148,35 +146,6 @@ pub(crate) fn build_request<B>(
     *request.version_mut() = version;
     *request.headers_mut() = headers;
     Ok(request)
-}
-
-/// Sets `X-Forwarded-For` (appending the client to any list it sent), `X-Forwarded-Proto` and
-/// `X-Forwarded-Host`.
-fn set_forwarded(headers: &mut http::HeaderMap, scheme: &str, client: std::net::IpAddr) {
-    const FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-    const PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-    let earlier: Vec<String> = headers
-        .get_all(&FOR)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .map(str::to_string)
-        .collect();
-    let mut chain = earlier.join(", ");
-    if !chain.is_empty() {
-        chain.push_str(", ");
-    }
-    chain.push_str(&client.to_string());
-    if let Ok(value) = HeaderValue::from_str(&chain) {
-        headers.insert(FOR, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(scheme) {
-        headers.insert(PROTO, value);
-    }
-    if let Some(host) = headers.get(HOST).cloned() {
-        headers.insert(FORWARDED_HOST, host);
-    }
 }
 
 fn classify(err: &hyper_util::client::legacy::Error, authority: &str) -> Failure {

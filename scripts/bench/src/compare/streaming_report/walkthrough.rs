@@ -205,18 +205,24 @@ const SECTIONS: [(&str, &str); 9] = [
         "A public connection arrives",
         r"
 [[ingress/src/http.rs::accept_clients]] accepts each TCP connection and spawns one task for it.
-It first asks the per-address limiter for a permit. A connection over
-`--max-connections-per-ip` is still served, but every request on it gets 503
-`too-many-connections`. [[ingress/src/http.rs::serve_client]] sets TCP_NODELAY and picks the
-protocol. With `--tls-cert`, ALPN decides after the TLS handshake. Without TLS,
+It first asks the per-address limiter for a permit; connections from a `--trusted-proxy` are not
+counted. A connection over `--max-connections-per-ip` is still served, but every request on it
+gets 503 `too-many-connections`. [[ingress/src/http.rs::serve_client]] sets TCP_NODELAY and
+picks the protocol. With `--tls-cert`, ALPN decides after the TLS handshake. Without TLS,
 [[ingress/src/http.rs::starts_with_h2_preface]] peeks at the first bytes for the HTTP/2
 connection preface. The ingress peeks instead of using hyper-util's automatic builder, because
 that builder wraps the socket in a private type, and the upgrade splice (step 7) needs the
-plain TCP socket back. Without TLS, hyper gets the socket as a shared handle
-([[transport/src/shared_tcp.rs::SharedTcp]]), so the ingress can still write 408 when a slow
-request head hits the header read timeout. [[ingress/src/http.rs::serve_http]] then runs
-hyper's HTTP/2 server with extended CONNECT enabled, or its HTTP/1.1 server with upgrades and a
-header read timeout.
+plain TCP socket back. [[ingress/src/http.rs::serve_h2]] runs hyper's HTTP/2 server with
+extended CONNECT enabled. For HTTP/1.1, [[ingress/src/http.rs::serve_h1]] runs hyper's server
+with upgrades and a header read timeout, on the socket wrapped twice. The inner wrapper is a
+shared handle ([[transport/src/shared_tcp.rs::SharedTcp]], or
+[[ingress/src/shared_stream.rs::SharedStream]] over TLS), so the ingress can still write 408
+when a request head that has started misses the header read timeout. The outer one,
+[[ingress/src/h1_check.rs::Checked]], follows each request head and body on the bytes hyper
+reads and queues a verdict per request; the service refuses a request with both
+`Content-Length` and `Transfer-Encoding` (400) before anything is forwarded, because hyper
+itself would pass it on as chunked. Both servers close a connection that has had no request in
+flight for `--idle-timeout`.
 ",
     ),
     (
@@ -292,8 +298,8 @@ The response body travels the same way in the other direction.
 [[ingress/src/forward.rs::check_head]] validates it, and
 [[ingress/src/forward.rs::streaming_response]] gives hyper a
 [[transport/src/body.rs::RecvBody]] as the client's response body. It is wrapped in
-[[ingress/src/forward.rs::WithPermit]], which holds the stream permit until hyper drops the
-body. hyper calls [[transport/src/body.rs::RecvBody::poll_frame]] as it writes to the client.
+[[ingress/src/forward.rs::Holding]], which holds the stream permit, and the connection's claim
+against the idle timeout, until hyper drops the body. hyper calls [[transport/src/body.rs::RecvBody::poll_frame]] as it writes to the client.
 While the client reads slowly, the stream is not read and its window is not reopened, so the
 agent's `send_body` waits, and the upstream's TCP socket fills in turn. A client that leaves
 drops `RecvBody`, and quinn sends STOP_SENDING. The agent's `send_body` is watching for exactly
@@ -310,8 +316,9 @@ the head within [[tunnel-agent/src/streams.rs::HEAD_TIMEOUT]] and resets the str
 `PROTOCOL_ERROR` otherwise. An unknown tunnel name gets a failure frame.
 [[tunnel-agent/src/streams.rs::forward_http]] wraps the rest of the stream in a `RecvBody`, so
 an upload flows into the upstream as it arrives.
-[[tunnel-agent/src/upstream.rs::build_request]] rebuilds the request and sets
-`X-Forwarded-For`, `-Proto` and `-Host` ([[tunnel-agent/src/upstream.rs::set_forwarded]]).
+[[tunnel-agent/src/upstream.rs::build_request]] rebuilds the request with the fields the
+ingress sent, `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP` among them (the ingress sets
+those in [[ingress/src/proxies.rs::set_forwarded]]).
 [[tunnel-agent/src/upstream.rs::Upstreams::send]] sends it on a pooled hyper client (HTTP/1.1
 or h2c, TCP_NODELAY). While waiting for the response head, the agent also watches for the
 ingress stopping the stream, and then drops the upstream request, because no client will read
