@@ -121,6 +121,10 @@ pub struct Args {
     #[arg(long, env = "INGRESS_MAX_HEADER_BYTES", default_value_t = 65536)]
     pub max_header_bytes: u32,
 
+    /// Maximum number of header fields in a request head; more get 431.
+    #[arg(long, env = "INGRESS_MAX_HEADER_FIELDS", default_value_t = 100)]
+    pub max_header_fields: usize,
+
     /// Maximum open public connections per client IP address; requests on further
     /// connections get 503.
     #[arg(long, env = "INGRESS_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
@@ -166,6 +170,8 @@ pub struct Config {
     pub trusted_proxies: Vec<AddrRange>,
     /// Maximum size of a request head.
     pub max_header_bytes: u32,
+    /// Maximum number of header fields in a request head.
+    pub max_header_fields: usize,
     /// Maximum open public connections per client address.
     pub max_connections_per_ip: u32,
     /// Time an agent has to finish the QUIC and hello handshake.
@@ -204,6 +210,7 @@ impl Config {
             idle_timeout: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
             max_header_bytes: 65536,
+            max_header_fields: 100,
             max_connections_per_ip: 512,
             handshake_timeout: Duration::from_secs(10),
             max_frame_len: protocol::MAX_FRAME_LEN,
@@ -231,6 +238,9 @@ impl TryFrom<Args> for Config {
         }
         if args.max_connections_per_ip == 0 {
             bail!("--max-connections-per-ip must be at least 1");
+        }
+        if args.max_header_fields == 0 {
+            bail!("--max-header-fields must be at least 1");
         }
         if args.idle_timeout.is_zero() {
             bail!("--idle-timeout must be longer than zero");
@@ -264,6 +274,7 @@ impl TryFrom<Args> for Config {
         config.idle_timeout = args.idle_timeout;
         config.trusted_proxies = args.trusted_proxies;
         config.max_header_bytes = args.max_header_bytes;
+        config.max_header_fields = args.max_header_fields;
         config.max_connections_per_ip = args.max_connections_per_ip;
         config.max_streams_per_agent = args.max_streams_per_agent;
         Ok(config)

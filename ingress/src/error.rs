@@ -22,6 +22,8 @@ pub enum ProxyError {
     UncheckedFraming,
     #[error("request head of {size} bytes is over the maximum of {max} bytes")]
     HeadTooLarge { size: usize, max: u32 },
+    #[error("request head has {count} header fields, over the maximum of {max}")]
+    TooManyFields { count: usize, max: usize },
     #[error("host {0:?} is not under this ingress's domain")]
     ForeignHost(String),
     #[error(transparent)]
@@ -47,7 +49,9 @@ impl ProxyError {
             }
             Self::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
             Self::TooManyConnections | Self::AgentBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::HeadTooLarge { .. } | Self::TooManyFields { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             Self::ForeignHost(_) | Self::Route(RouteError::UnknownTunnel(_)) => {
                 StatusCode::NOT_FOUND
             }
@@ -75,6 +79,7 @@ impl ProxyError {
             Self::TooManyConnections => "too-many-connections",
             Self::AgentBusy { .. } => "agent-busy",
             Self::HeadTooLarge { .. } => "head-too-large",
+            Self::TooManyFields { .. } => "too-many-fields",
             Self::ForeignHost(_) | Self::Route(RouteError::UnknownTunnel(_)) => "unknown-tunnel",
             Self::Route(RouteError::NoAgent(_)) => "no-agent",
             Self::AgentLost { .. } => "agent-lost",

@@ -19,15 +19,12 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-/// Most header fields hyper accepts in a request head; one more gets 431 from hyper. The
-/// checker parses with room for one field more, so it never gives up on a head hyper takes.
-pub(crate) const MAX_REQUEST_FIELDS: usize = 100;
 
 /// Verdict of the checker on one request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,15 +120,19 @@ struct Checker {
     partial: Vec<u8>,
     /// Longest head the checker buffers; hyper rejects longer ones with 431.
     max_head: usize,
+    /// Most header fields hyper accepts in a head. The checker parses with room for one more,
+    /// so it never gives up on a head that hyper takes.
+    max_fields: usize,
     log: Arc<CheckLog>,
 }
 
 impl Checker {
-    fn new(max_head: usize, log: Arc<CheckLog>) -> Self {
+    fn new(max_head: usize, max_fields: usize, log: Arc<CheckLog>) -> Self {
         Self {
             position: Position::Head,
             partial: Vec::new(),
             max_head,
+            max_fields,
             log,
         }
     }
@@ -173,11 +174,11 @@ impl Checker {
     /// Follows bytes of a request head and returns the bytes after it.
     fn feed_head<'a>(&mut self, bytes: &'a [u8]) -> &'a [u8] {
         let outcome = if self.partial.is_empty() {
-            parse_head(bytes)
+            parse_head(bytes, self.max_fields)
         } else {
             let earlier = self.partial.len();
             self.partial.extend_from_slice(bytes);
-            match parse_head(&self.partial) {
+            match parse_head(&self.partial, self.max_fields) {
                 // The earlier bytes alone were not a complete head, so this head ends in
                 // `bytes`.
                 Parsed::Complete(len, check) => Parsed::Complete(len - earlier, check),
@@ -225,10 +226,11 @@ enum Parsed {
     Invalid,
 }
 
-fn parse_head(bytes: &[u8]) -> Parsed {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_REQUEST_FIELDS + 1];
-    let mut request = httparse::Request::new(&mut fields);
-    match request.parse(bytes) {
+fn parse_head(bytes: &[u8], max_fields: usize) -> Parsed {
+    // Left uninitialized, the field array costs an allocation and no writes.
+    let mut fields = vec![MaybeUninit::uninit(); max_fields + 1];
+    let mut request = httparse::Request::new(&mut []);
+    match request.parse_with_uninit_headers(bytes, &mut fields) {
         Ok(httparse::Status::Complete(len)) => match judge(&request) {
             Some(judged) => Parsed::Complete(len, judged),
             None => Parsed::Invalid,
@@ -382,10 +384,11 @@ pub(crate) struct Checked<I> {
 }
 
 impl<I> Checked<I> {
-    /// Wraps `io`; heads longer than `max_head` bytes are not followed (hyper rejects them).
-    pub(crate) fn new(io: I, max_head: usize) -> (Self, Arc<CheckLog>) {
+    /// Wraps `io`. Heads longer than `max_head` bytes or with more than `max_fields` fields
+    /// are not followed, since hyper rejects them.
+    pub(crate) fn new(io: I, max_head: usize, max_fields: usize) -> (Self, Arc<CheckLog>) {
         let log = Arc::new(CheckLog::default());
-        let checker = Checker::new(max_head, log.clone());
+        let checker = Checker::new(max_head, max_fields, log.clone());
         (Self { io, checker }, log)
     }
 
@@ -447,7 +450,7 @@ mod tests {
 
     fn checker() -> (Checker, Arc<CheckLog>) {
         let log = Arc::new(CheckLog::default());
-        (Checker::new(8192, log.clone()), log)
+        (Checker::new(8192, 100, log.clone()), log)
     }
 
     fn heads(log: &CheckLog) -> Vec<HeadCheck> {
@@ -560,7 +563,7 @@ mod tests {
     #[test]
     fn oversize_head_stops_the_checking() {
         let log = Arc::new(CheckLog::default());
-        let mut checker = Checker::new(64, log.clone());
+        let mut checker = Checker::new(64, 100, log.clone());
         checker.feed(b"GET / HTTP/1.1\r\n");
         for _ in 0..10 {
             checker.feed(b"X-Filler: 0123456789\r\n");
@@ -687,7 +690,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let (checked, log) = Checked::new(server, 64 * 1024);
+        let (checked, log) = Checked::new(server, 64 * 1024, 100);
         let served = Arc::new(Mutex::new(Vec::new()));
         let seen = served.clone();
         let service =

@@ -23,7 +23,7 @@ use tracing::Instrument;
 use transport::{shutdown_write, write_all_shared, SharedTcp};
 
 use crate::error::ProxyError;
-use crate::h1_check::{CheckLog, Checked, HeadCheck, MAX_REQUEST_FIELDS};
+use crate::h1_check::{CheckLog, Checked, HeadCheck};
 use crate::limits::ConnectionPermit;
 use crate::shared_stream::SharedStream;
 use crate::{forward, ProxyBody, State};
@@ -126,7 +126,7 @@ async fn serve_client(
             return;
         }
         let shared = SharedTcp::new(stream);
-        let (checked, checks) = Checked::new(shared.clone(), checked_head_len(&state));
+        let (checked, checks) = checked(shared.clone(), &state);
         let result = serve_h1(
             TokioIo::new(checked),
             info(Some(checks.clone())),
@@ -169,7 +169,7 @@ async fn serve_client(
         let _ = serve_h2(TokioIo::new(tls), info(None), state, draining).await;
     } else {
         let shared = SharedStream::new(tls);
-        let (checked, checks) = Checked::new(shared.clone(), checked_head_len(&state));
+        let (checked, checks) = checked(shared.clone(), &state);
         let result = serve_h1(
             TokioIo::new(checked),
             info(Some(checks.clone())),
@@ -198,10 +198,11 @@ fn h1_buffer_len(state: &State) -> usize {
     (state.config.max_header_bytes as usize).max(8192)
 }
 
-/// Longest head the framing check follows: more than hyper's buffer holds, so the check never
-/// gives up on a head that hyper accepts.
-fn checked_head_len(state: &State) -> usize {
-    h1_buffer_len(state) + 8192
+/// Wraps an HTTP/1.1 connection in the framing check. The check follows heads longer than
+/// hyper's buffer holds, so it never gives up on a head that hyper accepts.
+fn checked<I>(io: I, state: &State) -> (Checked<I>, Arc<CheckLog>) {
+    let max_head = h1_buffer_len(state) + 8192;
+    Checked::new(io, max_head, state.config.max_header_fields)
 }
 
 /// Serves prior-knowledge or ALPN-negotiated HTTP/2 until the connection closes.
@@ -248,7 +249,7 @@ where
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout)
-        .max_headers(MAX_REQUEST_FIELDS)
+        .max_headers(state.config.max_header_fields)
         .max_buf_size(h1_buffer_len(&state));
     let activity = info.activity.clone();
     let idle = activity.idle_for(state.config.idle_timeout);
@@ -448,6 +449,16 @@ async fn handle(
         let err = ProxyError::HeadTooLarge {
             size: head_size,
             max: state.config.max_header_bytes,
+        };
+        tracing::debug!(error = %err, "request rejected");
+        return err.into_response();
+    }
+    // hyper counts the fields of an HTTP/1.1 head itself; HTTP/2 bounds only their bytes.
+    let fields = request.headers().len();
+    if fields > state.config.max_header_fields {
+        let err = ProxyError::TooManyFields {
+            count: fields,
+            max: state.config.max_header_fields,
         };
         tracing::debug!(error = %err, "request rejected");
         return err.into_response();

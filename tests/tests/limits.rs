@@ -368,3 +368,43 @@ async fn idle_http2_connection_closed_after_streaming() {
         "closed {idle:?} after the last response"
     );
 }
+
+/// `--max-header-fields` bounds the fields of a head over HTTP/1.1, where hyper counts them,
+/// and over HTTP/2, where the ingress does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_field_count_limited() {
+    let tunnel = Tunnel::start_with(|config| config.max_header_fields = 8).await;
+    let fields: String = (0..10).map(|i| format!("X-{i}: v\r\n")).collect();
+    let request = format!("GET /small HTTP/1.1\r\nHost: app.localhost\r\n{fields}\r\n");
+    let response = exchange(&tunnel, request.as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 431 "), "{response}");
+
+    let tcp = TcpStream::connect(tunnel.ingress.http_addr)
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut request = http::Request::get(tunnel.url("/small"));
+    for i in 0..10 {
+        request = request.header(format!("x-{i}"), "v");
+    }
+    let request = request
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("valid request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), 431);
+    assert_eq!(response.headers()["x-ingress-error"], "too-many-fields");
+
+    let request = http::Request::get(tunnel.url("/small"))
+        .header("x-one", "v")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("valid request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream_hits(&tunnel), 1);
+}
