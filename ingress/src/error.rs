@@ -20,6 +20,10 @@ pub enum ProxyError {
     UnsupportedCoding,
     #[error("the request's framing could not be checked")]
     UncheckedFraming,
+    #[error("CONNECT is not supported: the ingress is a reverse proxy, not a forward proxy")]
+    ConnectNotSupported,
+    #[error("the request body is invalid: {0}")]
+    BadRequestBody(String),
     #[error("request head of {size} bytes is over the maximum of {max} bytes")]
     HeadTooLarge { size: usize, max: u32 },
     #[error("request head has {count} header fields, over the maximum of {max}")]
@@ -44,9 +48,11 @@ impl ProxyError {
     /// Status code sent to the client.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadHost | Self::LengthAndChunked | Self::UncheckedFraming => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadHost
+            | Self::LengthAndChunked
+            | Self::UncheckedFraming
+            | Self::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            Self::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
             Self::TooManyConnections | Self::AgentBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::HeadTooLarge { .. } | Self::TooManyFields { .. } => {
@@ -76,6 +82,8 @@ impl ProxyError {
             Self::LengthAndChunked => "length-and-chunked",
             Self::UnsupportedCoding => "unsupported-transfer-coding",
             Self::UncheckedFraming => "unchecked-framing",
+            Self::ConnectNotSupported => "connect-not-supported",
+            Self::BadRequestBody(_) => "bad-request-body",
             Self::TooManyConnections => "too-many-connections",
             Self::AgentBusy { .. } => "agent-busy",
             Self::HeadTooLarge { .. } => "head-too-large",
@@ -125,6 +133,9 @@ impl ProxyError {
             self,
             Self::TooManyConnections
                 | Self::HeadTooLarge { .. }
+                | Self::BadHost
+                | Self::ConnectNotSupported
+                | Self::BadRequestBody(_)
                 | Self::LengthAndChunked
                 | Self::UnsupportedCoding
                 | Self::UncheckedFraming

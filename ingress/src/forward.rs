@@ -115,6 +115,11 @@ pub(crate) async fn forward(
     ))
 }
 
+/// How sending the request body ended, as the response-head wait sees it: `Ok` once it is
+/// sent whole, or the reason the client's body was invalid. The signal is dropped when the
+/// agent stopped reading.
+type BodySent = Result<(), String>;
+
 /// Sends the request body the way its kind needs, and returns the send stream when the stream
 /// may still switch to raw bytes (an upgrade), with a signal that completes once the request
 /// is sent whole. The response-header timeout starts at that signal, so a slow upload is not
@@ -126,11 +131,11 @@ async fn send_request_body_for(
     upgrade: bool,
     max_frame_len: u32,
     span: &tracing::Span,
-) -> (Option<SendStream>, oneshot::Receiver<()>) {
+) -> (Option<SendStream>, oneshot::Receiver<BodySent>) {
     let (body_sent, request_sent) = oneshot::channel();
     let send = if empty_body {
         drop(body);
-        let _ = body_sent.send(());
+        let _ = body_sent.send(Ok(()));
         if !upgrade {
             let _ = send.finish();
         }
@@ -138,9 +143,7 @@ async fn send_request_body_for(
     } else if upgrade {
         // The body of an upgrade request must be complete before the stream switches to raw
         // bytes, so it is sent inline.
-        if send_request_body(body, &mut send, max_frame_len).await {
-            let _ = body_sent.send(());
-        }
+        send_request_body(body, &mut send, max_frame_len, body_sent).await;
         Some(send)
     } else {
         let pump = pump_request(body, send, max_frame_len, body_sent);
@@ -264,6 +267,7 @@ fn request_head(
             headers.insert(http::header::HOST, value);
         }
     }
+    remove_underscore_aliases(&mut headers);
     state
         .proxies
         .set_forwarded(&mut headers, client.peer, client.addr, client.scheme);
@@ -291,28 +295,69 @@ fn request_head(
     }
 }
 
+/// Fields that the ingress sets or relies on, which a client must not pass under another
+/// spelling.
+const GUARDED_FIELDS: [&str; 9] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+];
+
+/// Removes fields such as `X_Forwarded_For` or `Content_Length`. CGI-style servers (WSGI,
+/// Rack, PHP) read `_` and `-` alike, so they would take such a field for the guarded one.
+fn remove_underscore_aliases(headers: &mut http::HeaderMap) {
+    let aliases: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            name.as_str().contains('_')
+                && GUARDED_FIELDS.contains(&name.as_str().replace('_', "-").as_str())
+        })
+        .cloned()
+        .collect();
+    for name in aliases {
+        headers.remove(name);
+    }
+}
+
 /// Reads the agent's response head. The header timeout counts from the moment
-/// `request_sent` completes: when the request body has been sent, or failed.
+/// `request_sent` completes: when the request body has been sent, or failed. A client body
+/// that turned out invalid (a broken chunked framing, say) ends the wait with 400, since the
+/// agent then only sees its stream aborted.
 async fn read_response_head(
     reader: &mut FrameReader,
     tunnel: &str,
-    request_sent: oneshot::Receiver<()>,
+    request_sent: oneshot::Receiver<BodySent>,
     state: &State,
 ) -> Result<ResponseHead, ProxyError> {
     let timeout = state.config.response_header_timeout;
     let deadline = async {
-        let _ = request_sent.await;
+        if let Ok(Err(reason)) = request_sent.await {
+            return Some(reason);
+        }
         tokio::time::sleep(timeout).await;
+        None
     };
     let frame = tokio::select! {
-        frame = reader.next() => frame,
-        () = deadline => {
+        // The body's failure is signalled before the stream is reset, so checking it first
+        // reports the client's fault instead of the abort it causes at the agent.
+        biased;
+        failed = deadline => {
             reader.stop(protocol::code::STREAM_CANCELLED);
-            return Err(ProxyError::HeaderTimeout {
-                tunnel: tunnel.to_string(),
-                seconds: timeout.as_secs(),
+            return Err(match failed {
+                Some(reason) => ProxyError::BadRequestBody(reason),
+                None => ProxyError::HeaderTimeout {
+                    tunnel: tunnel.to_string(),
+                    seconds: timeout.as_secs(),
+                },
             });
         }
+        frame = reader.next() => frame,
     };
     let lost = |reason: String| ProxyError::AgentLost {
         tunnel: tunnel.to_string(),
@@ -343,24 +388,31 @@ async fn pump_request(
     body: Incoming,
     mut send: SendStream,
     max_frame_len: u32,
-    body_sent: oneshot::Sender<()>,
+    body_sent: oneshot::Sender<BodySent>,
 ) {
-    if send_request_body(body, &mut send, max_frame_len).await {
-        let _ = body_sent.send(());
+    if send_request_body(body, &mut send, max_frame_len, body_sent).await {
         let _ = send.finish();
     }
 }
 
-/// Sends the request body. On failure it resets the stream, so the agent gets an abort, not a
-/// complete body. Returns whether the body was sent whole.
-async fn send_request_body(body: Incoming, send: &mut SendStream, max_frame_len: u32) -> bool {
+/// Sends the request body and reports the outcome on `body_sent`. When the client's body
+/// fails it resets the stream, so the agent gets an abort, not a complete body. Returns
+/// whether the body was sent whole.
+async fn send_request_body(
+    body: Incoming,
+    send: &mut SendStream,
+    max_frame_len: u32,
+    body_sent: oneshot::Sender<BodySent>,
+) -> bool {
     match send_body(body, send, max_frame_len).await {
         Ok(bytes) => {
             tracing::trace!(bytes, "request body sent");
+            let _ = body_sent.send(Ok(()));
             true
         }
         Err(SendBodyError::Source(err)) => {
             tracing::debug!(error = %err, "client request body failed; resetting stream");
+            let _ = body_sent.send(Err(err.to_string()));
             let _ = send.reset(transport::code(protocol::code::STREAM_ABORTED));
             false
         }

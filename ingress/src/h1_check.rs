@@ -201,7 +201,13 @@ impl Checker {
                 if self.partial.len() > self.max_head {
                     self.stop();
                 } else {
-                    self.log.lock().head_pending = true;
+                    // Empty lines before a request line are ignored (RFC 9112, section 2.2),
+                    // so they alone do not start a head.
+                    let started = self
+                        .partial
+                        .iter()
+                        .any(|&byte| byte != b'\r' && byte != b'\n');
+                    self.log.lock().head_pending = started;
                 }
                 &[]
             }
@@ -266,6 +272,11 @@ fn judge(request: &httparse::Request<'_, '_>) -> Option<(HeadCheck, Position)> {
                 .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
         } else if field.name.eq_ignore_ascii_case("content-length") {
             has_length = true;
+            if codings > 0 {
+                // hyper ignores a length after a transfer coding, so its value does not
+                // matter; its presence does.
+                continue;
+            }
             let value = parse_length(field.value)?;
             if length.is_some_and(|earlier| earlier != value) {
                 return None;
@@ -493,6 +504,24 @@ mod tests {
             5,
         );
         assert_eq!(found, [HeadCheck::LengthAndChunked]);
+    }
+
+    #[test]
+    fn invalid_length_after_chunked_is_still_a_length() {
+        let (found, _) = follow(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: abc\r\n\r\n",
+            4,
+        );
+        assert_eq!(found, [HeadCheck::LengthAndChunked]);
+    }
+
+    #[test]
+    fn empty_lines_alone_start_no_head() {
+        let (mut checker, log) = checker();
+        checker.feed(b"\r\n");
+        assert!(!log.head_pending());
+        checker.feed(b"G");
+        assert!(log.head_pending());
     }
 
     #[test]

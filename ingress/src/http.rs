@@ -225,7 +225,7 @@ where
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20));
     let activity = info.activity.clone();
-    let idle = activity.idle_for(state.config.idle_timeout);
+    let idle = activity.idle_for(state.config.idle_timeout, None);
     let service = service(info, state);
     let result = drive(builder.serve_connection(io, service), draining, idle).await;
     if let Err(err) = &result {
@@ -252,7 +252,7 @@ where
         .max_headers(state.config.max_header_fields)
         .max_buf_size(h1_buffer_len(&state));
     let activity = info.activity.clone();
-    let idle = activity.idle_for(state.config.idle_timeout);
+    let idle = activity.idle_for(state.config.idle_timeout, info.checks.clone());
     let service = service(info, state);
     let connection = builder.serve_connection(io, service).with_upgrades();
     let result = drive(connection, draining, idle).await;
@@ -343,17 +343,23 @@ impl Activity {
         }
     }
 
-    /// Completes once no request has been in flight for `limit`.
-    async fn idle_for(&self, limit: Duration) {
+    /// Completes once no request has been in flight for `limit`. On HTTP/1.1, `checks` tells
+    /// whether the next request head has started to arrive; such a head is left to the
+    /// header read timeout, which answers it with 408.
+    async fn idle_for(&self, limit: Duration, checks: Option<Arc<CheckLog>>) {
         let mut count = self.count.subscribe();
         loop {
             // The sender lives in `self`, so these waits never fail.
             let _ = count.wait_for(|count| *count == 0).await;
             let busy_again = tokio::time::timeout(limit, count.wait_for(|count| *count > 0));
-            if busy_again.await.is_err() {
-                tracing::debug!(?limit, "closing idle connection");
-                return;
+            if busy_again.await.is_ok() {
+                continue;
             }
+            if checks.as_ref().is_some_and(|checks| checks.head_pending()) {
+                continue;
+            }
+            tracing::debug!(?limit, "closing idle connection");
+            return;
         }
     }
 }
@@ -450,6 +456,11 @@ async fn handle(
             size: head_size,
             max: state.config.max_header_bytes,
         };
+        tracing::debug!(error = %err, "request rejected");
+        return err.into_response();
+    }
+    if request.method() == http::Method::CONNECT && !crate::upgrade::is_h2_websocket(&request) {
+        let err = ProxyError::ConnectNotSupported;
         tracing::debug!(error = %err, "request rejected");
         return err.into_response();
     }

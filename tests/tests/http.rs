@@ -343,3 +343,38 @@ async fn trailers_only_response_ends_with_headers() {
         "the stream did not end with the headers"
     );
 }
+
+/// A client cannot strip `Host` by naming it in `Connection`, nor smuggle a guarded field past
+/// CGI-style servers by spelling it with underscores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_fields_survive_client_tricks() {
+    let tunnel = Tunnel::start().await;
+    let mut socket = tokio::net::TcpStream::connect(tunnel.ingress.http_addr)
+        .await
+        .expect("connect");
+    socket
+        .write_all(
+            b"GET /echo-headers HTTP/1.1\r\nHost: app.localhost\r\n\
+            Connection: host, x-private, close\r\nX-Private: 1\r\n\
+            X_Forwarded_For: 198.51.100.66\r\nX_Real_IP: 198.51.100.66\r\nX_Custom: kept\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        socket.read_to_end(&mut received),
+    )
+    .await;
+    assert!(read.is_ok(), "the response did not end within 5 s");
+    let seen = String::from_utf8_lossy(&received).to_lowercase();
+    assert!(seen.starts_with("http/1.1 200 "), "{seen}");
+    assert!(seen.contains("\nhost: app.localhost\n"), "{seen}");
+    assert!(
+        seen.contains("\nx-forwarded-host: app.localhost\n"),
+        "{seen}"
+    );
+    assert!(!seen.contains("x-private"), "{seen}");
+    assert!(!seen.contains("198.51.100.66"), "{seen}");
+    assert!(seen.contains("\nx_custom: kept\n"), "{seen}");
+}

@@ -84,6 +84,16 @@ async fn malformed_requests_rejected() {
             "HTTP/1.1 400 ",
         ),
         ("missing Host", b"GET /small HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(), "HTTP/1.1 400 "),
+        (
+            "CONNECT",
+            b"CONNECT app.localhost:443 HTTP/1.1\r\nHost: app.localhost:443\r\n\r\n".to_vec(),
+            "HTTP/1.1 405 ",
+        ),
+        (
+            "two Host fields",
+            b"GET /small HTTP/1.1\r\nHost: app.localhost\r\nHost: other.localhost\r\n\r\nGET /small HTTP/1.1\r\nHost: app.localhost\r\n\r\n".to_vec(),
+            "HTTP/1.1 400 ",
+        ),
         ("invalid method", b"G\x01T /small HTTP/1.1\r\nHost: app.localhost\r\n\r\n".to_vec(), "HTTP/1.1 400 "),
     ];
     for (case, request, expected) in cases {
@@ -407,4 +417,56 @@ async fn header_field_count_limited() {
     let response = sender.send_request(request).await.expect("response");
     assert_eq!(response.status(), 200);
     assert_eq!(upstream_hits(&tunnel), 1);
+}
+
+/// A chunked body that breaks its framing midway is the client's fault: 400, although the
+/// head has already gone to the upstream, which sees the request aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_chunked_body_gets_400() {
+    let tunnel = Tunnel::start().await;
+    for body in [&b"5\r\nhelloXX\r\n"[..], b"zz\r\n", b"5;a\nb\r\nhello\r\n"] {
+        let mut request =
+            b"POST /upload HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        request.extend_from_slice(body);
+        let response = exchange(&tunnel, &request).await;
+        let shown = String::from_utf8_lossy(body);
+        assert!(
+            response.starts_with("HTTP/1.1 400 "),
+            "{shown:?}: {response}"
+        );
+        assert!(
+            response.contains("x-ingress-error: bad-request-body"),
+            "{shown:?}: {response}"
+        );
+    }
+}
+
+/// A request head that starts arriving on a keep-alive connection is left to the header read
+/// timeout, and gets its 408, even when the idle timeout is shorter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_second_head_gets_408_not_idle_close() {
+    let tunnel = Tunnel::start_with(|config| {
+        config.idle_timeout = Duration::from_millis(300);
+        config.header_read_timeout = Duration::from_millis(1200);
+    })
+    .await;
+    let mut socket = TcpStream::connect(tunnel.ingress.http_addr)
+        .await
+        .expect("connect");
+    socket
+        .write_all(b"GET /small HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+        .await
+        .expect("write request");
+    let first = read_for(&mut socket, Duration::from_millis(150)).await;
+    assert!(first.starts_with("HTTP/1.1 200 "), "{first}");
+    socket
+        .write_all(b"GET /small HTTP/1.1\r\nHo")
+        .await
+        .expect("write part of a head");
+    let rest = read_for(&mut socket, Duration::from_secs(5)).await;
+    assert!(
+        rest.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{rest:?}"
+    );
 }

@@ -316,3 +316,92 @@ async fn websocket_counts_against_connection_limit() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The upstream gets an upgrade request in origin form (`GET /path?query`), with the routed
+/// Host, as servers that route on the path need; the agent's internal address must not show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_target_reaches_upstream_in_origin_form() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    tunnel_tests::init_tracing();
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let upstream_addr = upstream.local_addr().expect("upstream address");
+    // A raw upstream: records the head it gets, switches protocols and echoes.
+    let recorded = tokio::spawn(async move {
+        let (mut tcp, _) = upstream.accept().await.expect("accept");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tcp.read_exact(&mut byte).await.expect("read head");
+            head.push(byte[0]);
+        }
+        tcp.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n",
+        )
+        .await
+        .expect("write 101");
+        let mut buf = [0u8; 64];
+        let read = tcp.read(&mut buf).await.expect("read after upgrade");
+        tcp.write_all(&buf[..read]).await.expect("echo");
+        String::from_utf8_lossy(&head).to_string()
+    });
+
+    let state_dir = tunnel_tests::TempDir::new("origin-form");
+    let ingress = tunnel_tests::RunningIngress::start(
+        tunnel_tests::loopback(0),
+        tunnel_tests::loopback(0),
+        state_dir.path.clone(),
+        |_| {},
+    )
+    .await
+    .expect("start ingress");
+    let _agent = tunnel_tests::RunningAgent::start_connected(
+        ingress.quic_addr,
+        &ingress.cert_sha256,
+        tunnel_tests::TOKEN,
+        &[("raw", upstream_addr)],
+    )
+    .await;
+
+    let mut client = TcpStream::connect(ingress.http_addr)
+        .await
+        .expect("connect");
+    client
+        .write_all(b"GET /chat/room?id=7 HTTP/1.1\r\nHost: raw.localhost\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n")
+        .await
+        .expect("write request");
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    while !response.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut byte))
+            .await
+            .expect("response within 5 s")
+            .expect("read response");
+        response.push(byte[0]);
+    }
+    let response = String::from_utf8_lossy(&response).to_string();
+    assert!(response.starts_with("HTTP/1.1 101 "), "{response}");
+    client
+        .write_all(b"ping")
+        .await
+        .expect("write after upgrade");
+    let mut echoed = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut echoed))
+        .await
+        .expect("echo within 5 s")
+        .expect("read echo");
+    assert_eq!(&echoed, b"ping");
+
+    let head = recorded.await.expect("upstream task");
+    assert!(
+        head.starts_with("GET /chat/room?id=7 HTTP/1.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.to_lowercase().contains("\r\nhost: raw.localhost\r\n"),
+        "{head}"
+    );
+    assert!(!head.contains(&upstream_addr.to_string()), "{head}");
+}

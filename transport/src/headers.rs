@@ -67,8 +67,11 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
 /// Removes hop-by-hop fields and every field that `Connection` names. A `TE: trailers` field
 /// is kept because gRPC needs it end to end; other `TE` values are removed.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // `Host` is meant for every recipient, so a sender may not name it (RFC 9110, section
+    // 7.6.1). Removing it would send the upstream's own address in its place.
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .filter(|name| *name != http::header::HOST)
         .collect();
     for name in named {
         headers.remove(name);
@@ -136,6 +139,18 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert_eq!(headers["x-kept"], "yes");
+    }
+
+    #[test]
+    fn host_named_in_connection_kept() {
+        let mut headers = map(&[
+            ("host", "app.example.com"),
+            ("connection", "host, x-private"),
+            ("x-private", "1"),
+        ]);
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["host"], "app.example.com");
     }
 
     #[test]

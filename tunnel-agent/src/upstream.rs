@@ -78,9 +78,10 @@ impl Upstreams {
     pub(crate) async fn send_upgrade(
         &self,
         upstream: &Upstream,
-        request: Request<Full<Bytes>>,
+        mut request: Request<Full<Bytes>>,
     ) -> Result<Response<Incoming>, Failure> {
         let authority = &upstream.authority;
+        origin_form(&mut request, authority);
         let connect = tokio::time::timeout(self.connect_timeout, TcpStream::connect(authority));
         let stream = match connect.await {
             Ok(Ok(stream)) => stream,
@@ -105,6 +106,23 @@ impl Upstreams {
             .send_request(request)
             .await
             .map_err(|err| unreachable(&err, authority))
+    }
+}
+
+/// Rewrites the absolute target of `request` to origin form (`/path?query`), with a Host
+/// field. hyper's connection-level client writes the target as given, and servers route on
+/// the path of an origin-form target; the pooled client does the same rewriting itself.
+fn origin_form<B>(request: &mut Request<B>, authority: &str) {
+    let target = request
+        .uri()
+        .path_and_query()
+        .and_then(|target| target.as_str().parse::<http::Uri>().ok())
+        .unwrap_or_else(|| http::Uri::from_static("/"));
+    *request.uri_mut() = target;
+    if !request.headers().contains_key(http::header::HOST) {
+        if let Ok(host) = http::HeaderValue::from_str(authority) {
+            request.headers_mut().insert(http::header::HOST, host);
+        }
     }
 }
 

@@ -219,7 +219,7 @@ shared handle ([[transport/src/shared_tcp.rs::SharedTcp]], or
 [[ingress/src/shared_stream.rs::SharedStream]] over TLS), so the ingress can still write 408
 when a request head that has started misses the header read timeout. The outer one,
 [[ingress/src/h1_check.rs::Checked]], follows each request head and body on the bytes hyper
-reads and queues a verdict per request; the service refuses a request with both
+reads and queues a verdict per request. The service rejects a request with both
 `Content-Length` and `Transfer-Encoding` (400) before anything is forwarded, because hyper
 itself would pass it on as chunked. Both servers close a connection that has had no request in
 flight for `--idle-timeout`.
