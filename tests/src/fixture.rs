@@ -221,14 +221,23 @@ async fn upload(request: Request<Incoming>) -> Response<FixtureBody> {
     let mut body = request.into_body();
     let mut hasher = Sha256::new();
     let mut received = 0u64;
+    let mut trailers = Vec::new();
     while let Some(frame) = body.frame().await {
         match frame {
-            Ok(frame) => {
-                if let Ok(data) = frame.into_data() {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => {
                     received += data.len() as u64;
                     hasher.update(&data);
                 }
-            }
+                Err(frame) => {
+                    if let Ok(fields) = frame.into_trailers() {
+                        for (name, value) in &fields {
+                            let value = String::from_utf8_lossy(value.as_bytes());
+                            trailers.push(format!("{name}={value}"));
+                        }
+                    }
+                }
+            },
             Err(_) => return text(StatusCode::BAD_REQUEST, "request body failed\n"),
         }
     }
@@ -238,6 +247,11 @@ async fn upload(request: Request<Incoming>) -> Response<FixtureBody> {
         "x-received-bytes",
         HeaderValue::from_str(&received.to_string()).expect("a number is a valid header"),
     );
+    if let Ok(value) = HeaderValue::from_str(&trailers.join("; ")) {
+        if !trailers.is_empty() {
+            response.headers_mut().insert("x-received-trailers", value);
+        }
+    }
     response
 }
 

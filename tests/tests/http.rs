@@ -378,3 +378,35 @@ async fn guarded_fields_survive_client_tricks() {
     assert!(!seen.contains("198.51.100.66"), "{seen}");
     assert!(seen.contains("\nx_custom: kept\n"), "{seen}");
 }
+
+/// Request trailers declared in `Trailer` reach an HTTP/1.1 upstream; `Trailer` is an
+/// end-to-end field (RFC 9110, section 6.6.2), so it is forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_trailers_reach_upstream() {
+    let tunnel = Tunnel::start().await;
+    let mut socket = tokio::net::TcpStream::connect(tunnel.ingress.http_addr)
+        .await
+        .expect("connect");
+    socket
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\
+            Trailer: x-checksum\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\
+            X-Checksum: 2cf24dba\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        socket.read_to_end(&mut received),
+    )
+    .await;
+    assert!(read.is_ok(), "the response did not end within 5 s");
+    let seen = String::from_utf8_lossy(&received).to_lowercase();
+    assert!(seen.starts_with("http/1.1 200 "), "{seen}");
+    assert!(seen.contains("x-received-bytes: 5\r\n"), "{seen}");
+    assert!(
+        seen.contains("x-received-trailers: x-checksum=2cf24dba\r\n"),
+        "{seen}"
+    );
+}

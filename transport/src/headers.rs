@@ -15,7 +15,6 @@ pub const HOP_BY_HOP: &[&str] = &[
     "upgrade",
     "proxy-authenticate",
     "proxy-authorization",
-    "trailer",
 ];
 
 /// A wire field that is not a valid HTTP field name or value.
