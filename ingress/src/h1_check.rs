@@ -53,6 +53,9 @@ struct LogInner {
     heads: VecDeque<HeadCheck>,
     /// Part of a request head has arrived and the rest has not.
     head_pending: bool,
+    /// Request target of each head, so tests can match heads to the requests hyper served.
+    #[cfg(test)]
+    targets: Vec<String>,
 }
 
 impl CheckLog {
@@ -181,18 +184,23 @@ impl Checker {
             match parse_head(&self.partial, self.max_fields) {
                 // The earlier bytes alone were not a complete head, so this head ends in
                 // `bytes`.
-                Parsed::Complete(len, check) => Parsed::Complete(len - earlier, check),
+                Parsed::Complete(head) => Parsed::Complete(Head {
+                    len: head.len - earlier,
+                    ..head
+                }),
                 other => other,
             }
         };
         match outcome {
-            Parsed::Complete(len, (check, next)) => {
+            Parsed::Complete(head) => {
                 self.partial = Vec::new();
-                self.position = next;
+                self.position = head.next;
                 let mut log = self.log.lock();
-                log.heads.push_back(check);
+                log.heads.push_back(head.check);
                 log.head_pending = false;
-                &bytes[len..]
+                #[cfg(test)]
+                log.targets.push(head.target);
+                &bytes[head.len..]
             }
             Parsed::Partial => {
                 if self.partial.is_empty() {
@@ -225,11 +233,21 @@ impl Checker {
 }
 
 enum Parsed {
-    /// A head of this many bytes, what it holds, and where its body puts the checker.
-    Complete(usize, (HeadCheck, Position)),
+    Complete(Head),
     Partial,
     /// Input hyper rejects too.
     Invalid,
+}
+
+/// A complete request head.
+struct Head {
+    /// Bytes of the head in the input.
+    len: usize,
+    check: HeadCheck,
+    /// Where the head's body puts the checker.
+    next: Position,
+    #[cfg(test)]
+    target: String,
 }
 
 fn parse_head(bytes: &[u8], max_fields: usize) -> Parsed {
@@ -238,7 +256,13 @@ fn parse_head(bytes: &[u8], max_fields: usize) -> Parsed {
     let mut request = httparse::Request::new(&mut []);
     match request.parse_with_uninit_headers(bytes, &mut fields) {
         Ok(httparse::Status::Complete(len)) => match judge(&request) {
-            Some(judged) => Parsed::Complete(len, judged),
+            Some((check, next)) => Parsed::Complete(Head {
+                len,
+                check,
+                next,
+                #[cfg(test)]
+                target: request.path.unwrap_or_default().to_string(),
+            }),
             None => Parsed::Invalid,
         },
         Ok(httparse::Status::Partial) => Parsed::Partial,
@@ -712,9 +736,19 @@ mod tests {
         out
     }
 
-    /// Serves `input` with hyper behind the checker and returns the paths hyper served and
-    /// what the checker logged.
-    async fn serve_with_hyper(input: Vec<u8>, rng: &mut Rng) -> (Vec<String>, Vec<HeadCheck>) {
+    /// What hyper and the checker made of one input.
+    struct Served {
+        /// Request target of each request hyper handed to its service, in order.
+        targets: Vec<String>,
+        heads: Vec<HeadCheck>,
+        /// Request target of each head the checker found, in order.
+        checked_targets: Vec<String>,
+    }
+
+    /// Serves `input` with hyper behind the checker. With `half_close`, the client ends its
+    /// side after the input, which makes hyper stop at once; otherwise the input must end with
+    /// a request that asks hyper to close.
+    async fn serve_with_hyper(input: Vec<u8>, rng: &mut Rng, half_close: bool) -> Served {
         use http_body_util::BodyExt;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -726,9 +760,8 @@ mod tests {
             hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let seen = seen.clone();
                 async move {
-                    let path = request.uri().path().to_string();
+                    seen.lock().unwrap().push(request.uri().to_string());
                     let _ = request.into_body().collect().await;
-                    seen.lock().unwrap().push(path);
                     Ok::<_, std::convert::Infallible>(hyper::Response::new(
                         http_body_util::Empty::<bytes::Bytes>::new(),
                     ))
@@ -754,14 +787,22 @@ mod tests {
                     tokio::task::yield_now().await;
                 }
             }
+            if half_close {
+                let _ = write_half.shutdown().await;
+            }
         };
         let within = std::time::Duration::from_secs(20);
         tokio::time::timeout(within, async { tokio::join!(reader, writer) })
             .await
             .expect("hyper served the pipeline");
         let _ = server.await;
-        let paths = served.lock().unwrap().clone();
-        (paths, heads(&log))
+        let targets = served.lock().unwrap().clone();
+        let checked_targets = log.lock().targets.clone();
+        Served {
+            targets,
+            heads: heads(&log),
+            checked_targets,
+        }
     }
 
     /// The checker's whole claim: on any pipeline hyper serves, it finds exactly the heads
@@ -779,7 +820,8 @@ mod tests {
             // ends with a request that asks hyper to close instead.
             input.extend_from_slice(b"GET /end HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
             let count = count + 1;
-            let (paths, found) = serve_with_hyper(input.clone(), &mut rng).await;
+            let served = serve_with_hyper(input.clone(), &mut rng, false).await;
+            let (paths, found) = (served.targets, served.heads);
             let mut expected: Vec<String> =
                 (0..count - 1).map(|index| format!("/r{index}")).collect();
             expected.push("/end".into());
@@ -798,5 +840,55 @@ mod tests {
             );
             assert_eq!(position, Position::Head, "case {case}, read size {step}");
         }
+    }
+
+    /// Bytes that change framing when they land in the wrong place.
+    const MUTATIONS: &[u8] = b"\r\n \t0a;:,-x";
+
+    /// Mutated pipelines: every request hyper serves lines up with the head the checker found
+    /// at the same place in its queue, so a verdict never lands on another request. Where the
+    /// checker stops early, the requests after that point get 400, which is safe.
+    #[tokio::test]
+    async fn never_misaligned_on_mutated_pipelines() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut stopped_early = 0;
+        let mut compared = 0;
+        for case in 0..400 {
+            let mut input = Vec::new();
+            for index in 0..1 + rng.below(5) {
+                input.extend(random_request(&mut rng, index));
+            }
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.below(input.len());
+                match rng.below(3) {
+                    0 => input[at] = MUTATIONS[rng.below(MUTATIONS.len())],
+                    1 => {
+                        input.remove(at);
+                    }
+                    _ => input.insert(at, MUTATIONS[rng.below(MUTATIONS.len())]),
+                }
+            }
+            let served = serve_with_hyper(input, &mut rng, true).await;
+            for (index, target) in served.targets.iter().enumerate() {
+                match served.checked_targets.get(index) {
+                    Some(checked) => {
+                        assert_eq!(checked, target, "case {case}, request {index}");
+                        compared += 1;
+                    }
+                    None => {
+                        stopped_early += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        // A checker that stopped at once would pass the loop above; most inputs must still be
+        // followed to their end.
+        assert!(
+            stopped_early < 40,
+            "the checker stopped early in {stopped_early} of 400 inputs"
+        );
+        // About 800 with this seed; far fewer would mean hyper served too little to compare.
+        assert!(compared > 400, "only {compared} requests compared");
     }
 }
