@@ -205,6 +205,8 @@ fn chunked(len: usize) -> Response<FixtureBody> {
     Response::new(BodyExt::boxed(body))
 }
 
+/// Lists the request's fields as `name: value` lines; the `x-request-version` response field
+/// gives the HTTP version the request came in.
 fn echo_headers(request: &Request<Incoming>) -> Response<FixtureBody> {
     let mut lines = String::new();
     for (name, value) in request.headers() {
@@ -214,7 +216,11 @@ fn echo_headers(request: &Request<Incoming>) -> Response<FixtureBody> {
             String::from_utf8_lossy(value.as_bytes())
         ));
     }
-    Response::new(full(lines))
+    let mut response = Response::new(full(lines));
+    if let Ok(version) = HeaderValue::from_str(&format!("{:?}", request.version())) {
+        response.headers_mut().insert("x-request-version", version);
+    }
+    response
 }
 
 async fn upload(request: Request<Incoming>) -> Response<FixtureBody> {

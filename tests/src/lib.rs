@@ -8,6 +8,7 @@ pub mod fixture;
 pub mod process;
 pub mod relay;
 pub mod rogue;
+pub mod tls_front;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -119,6 +120,19 @@ impl RunningAgent {
         tunnels: &[(&str, SocketAddr)],
         protocol: UpstreamProtocol,
     ) -> anyhow::Result<RunningAgent> {
+        Self::start_configured(quic, cert_sha256, token, tunnels, protocol, |_| {})
+    }
+
+    /// Like [`RunningAgent::start_with_protocol`], with a chance to change the agent's
+    /// configuration.
+    pub fn start_configured(
+        quic: SocketAddr,
+        cert_sha256: &str,
+        token: &str,
+        tunnels: &[(&str, SocketAddr)],
+        protocol: UpstreamProtocol,
+        tweak: impl FnOnce(&mut tunnel_agent::Config),
+    ) -> anyhow::Result<RunningAgent> {
         let fingerprint = tunnel_agent::parse_fingerprint(cert_sha256)?;
         let upstreams: BTreeMap<String, Upstream> = tunnels
             .iter()
@@ -137,6 +151,7 @@ impl RunningAgent {
             upstreams,
         );
         config.upstream_connect_timeout = Duration::from_secs(2);
+        tweak(&mut config);
         let agent = Agent::new(config)?;
         let status = agent.status();
         let rebinder = agent.rebinder();

@@ -36,7 +36,8 @@ pub struct Args {
     pub token: String,
 
     /// Tunnel to serve, as NAME=URL, e.g. app=http://127.0.0.1:3000. Use the h2c:// scheme for
-    /// an upstream that speaks prior-knowledge HTTP/2 (gRPC). Repeatable.
+    /// an upstream that speaks prior-knowledge HTTP/2 (gRPC), and https:// for one that speaks
+    /// TLS (HTTP/2 or HTTP/1.1 by ALPN). Repeatable.
     #[arg(
         long = "tunnel",
         env = "TUNNEL_TUNNELS",
@@ -44,6 +45,16 @@ pub struct Args {
         required = true
     )]
     pub tunnels: Vec<String>,
+
+    /// CA certificates (PEM) that https:// upstreams are checked against, instead of the
+    /// Mozilla roots built into the agent.
+    #[arg(long, env = "TUNNEL_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// Accept any certificate from https:// upstreams, such as a development server's
+    /// self-signed one. The connection is encrypted but the upstream is not authenticated.
+    #[arg(long, env = "TUNNEL_UPSTREAM_INSECURE", conflicts_with = "upstream_ca")]
+    pub upstream_insecure: bool,
 
     /// Time allowed for the TCP connection to the upstream (e.g. 500ms, 5s).
     #[arg(long, env = "TUNNEL_UPSTREAM_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -73,6 +84,8 @@ pub enum UpstreamProtocol {
     Http1,
     /// Prior-knowledge HTTP/2 without TLS.
     H2c,
+    /// TLS, with HTTP/2 or HTTP/1.1 chosen by ALPN.
+    Https,
 }
 
 /// A local service that a tunnel forwards to.
@@ -93,6 +106,10 @@ pub struct Config {
     /// Tunnel name (lower case) to upstream.
     pub tunnels: BTreeMap<String, Upstream>,
     pub upstream_connect_timeout: Duration,
+    /// CA file for https:// upstreams; the Mozilla roots when `None`.
+    pub upstream_ca: Option<PathBuf>,
+    /// Skip the certificate check of https:// upstreams.
+    pub upstream_insecure: bool,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
     pub drain_grace: Duration,
@@ -116,6 +133,8 @@ impl Config {
             token: token.into(),
             tunnels,
             upstream_connect_timeout: Duration::from_secs(5),
+            upstream_ca: None,
+            upstream_insecure: false,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),
             drain_grace: Duration::from_secs(10),
@@ -150,6 +169,8 @@ impl TryFrom<Args> for Config {
             config.server_name = name;
         }
         config.upstream_connect_timeout = args.upstream_connect_timeout;
+        config.upstream_ca = args.upstream_ca;
+        config.upstream_insecure = args.upstream_insecure;
         config.max_backoff = args.max_backoff.max(config.min_backoff);
         config.drain_grace = args.drain_grace;
         Ok(config)
@@ -188,8 +209,9 @@ fn parse_tunnel(spec: &str) -> anyhow::Result<(String, Upstream)> {
     let protocol = match uri.scheme_str() {
         Some("http") => UpstreamProtocol::Http1,
         Some("h2c") => UpstreamProtocol::H2c,
+        Some("https") => UpstreamProtocol::Https,
         other => bail!(
-            "invalid --tunnel {spec:?}: scheme {:?} is not supported, use http:// or h2c://",
+            "invalid --tunnel {spec:?}: scheme {:?} is not supported, use http://, h2c:// or https://",
             other.unwrap_or("")
         ),
     };
@@ -199,9 +221,14 @@ fn parse_tunnel(spec: &str) -> anyhow::Result<(String, Upstream)> {
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         bail!("invalid --tunnel {spec:?}: a path prefix is not supported, give only scheme://host:port");
     }
+    let default_port = if protocol == UpstreamProtocol::Https {
+        443
+    } else {
+        80
+    };
     let authority = match authority.port_u16() {
         Some(_) => authority.to_string(),
-        None => format!("{}:80", authority.host()),
+        None => format!("{}:{default_port}", authority.host()),
     };
     Ok((
         name,
@@ -236,16 +263,14 @@ mod tests {
         assert_eq!(upstream.protocol, UpstreamProtocol::Http1);
         let (_, grpc) = parse_tunnel("rpc=h2c://localhost:50051/").unwrap();
         assert_eq!(grpc.protocol, UpstreamProtocol::H2c);
+        let (_, secure) = parse_tunnel("web=https://localhost").unwrap();
+        assert_eq!(secure.protocol, UpstreamProtocol::Https);
+        assert_eq!(secure.authority, "localhost:443");
     }
 
     #[test]
     fn bad_tunnel_specs_rejected() {
-        for spec in [
-            "app",
-            "=http://a:1",
-            "app=https://a:1",
-            "app=http://a:1/base",
-        ] {
+        for spec in ["app", "=http://a:1", "app=ftp://a:1", "app=http://a:1/base"] {
             assert!(parse_tunnel(spec).is_err(), "{spec}");
         }
     }

@@ -8,6 +8,7 @@
 
 mod config;
 mod connect;
+mod https;
 mod streams;
 mod tls;
 mod upstream;
@@ -54,6 +55,7 @@ impl Rebinder {
 pub struct Agent {
     config: Config,
     client_config: quinn::ClientConfig,
+    upstreams: upstream::Upstreams,
     status: watch::Sender<Status>,
     rebind: watch::Sender<u64>,
 }
@@ -66,11 +68,19 @@ impl Agent {
     /// Returns an error when the CA file cannot be used.
     pub fn new(config: Config) -> anyhow::Result<Self> {
         let client_config = tls::client_config(&config)?;
+        let upstreams = upstream::Upstreams::new(&config)?;
+        if config.upstream_insecure {
+            tracing::warn!(
+                "--upstream-insecure: https:// upstreams are not authenticated; use it only for \
+                 an upstream on this machine or a network you trust"
+            );
+        }
         let (status, _) = watch::channel(Status::Connecting);
         let (rebind, _) = watch::channel(0);
         Ok(Self {
             config,
             client_config,
+            upstreams,
             status,
             rebind,
         })
@@ -95,7 +105,7 @@ impl Agent {
     /// ingress does not allow.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         let context = Arc::new(streams::StreamContext {
-            upstreams: upstream::Upstreams::new(&self.config),
+            upstreams: self.upstreams,
             max_frame_len: self.config.max_frame_len,
         });
         let rebind = self.rebind.subscribe();

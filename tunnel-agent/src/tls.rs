@@ -1,5 +1,7 @@
-//! TLS client configuration: the ingress certificate is checked against a pinned SHA-256
-//! fingerprint or a CA file. There is no mode that skips the check.
+//! TLS client configurations. The ingress certificate is checked against a pinned SHA-256
+//! fingerprint or a CA file, with no mode that skips the check. An `https://` upstream's
+//! certificate is checked against the Mozilla roots or `--upstream-ca`, unless
+//! `--upstream-insecure` turns the check off.
 
 use std::fs;
 use std::sync::Arc;
@@ -26,26 +28,14 @@ pub(crate) fn client_config(config: &Config) -> anyhow::Result<quinn::ClientConf
     let mut tls = match &config.trust {
         TrustAnchor::Pinned(fingerprint) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCert {
-                fingerprint: *fingerprint,
+            .with_custom_certificate_verifier(Arc::new(ChosenCert {
+                accept: Accept::Fingerprint(*fingerprint),
                 provider,
             }))
             .with_no_client_auth(),
-        TrustAnchor::CaFile(path) => {
-            let pem =
-                fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.with_context(|| format!("invalid PEM in {}", path.display()))?;
-                roots
-                    .add(cert)
-                    .with_context(|| format!("invalid CA certificate in {}", path.display()))?;
-            }
-            if roots.is_empty() {
-                bail!("no CA certificate found in {}", path.display());
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
+        TrustAnchor::CaFile(path) => builder
+            .with_root_certificates(read_roots(path)?)
+            .with_no_client_auth(),
     };
     tls.alpn_protocols = vec![protocol::ALPN.to_vec()];
 
@@ -56,15 +46,85 @@ pub(crate) fn client_config(config: &Config) -> anyhow::Result<quinn::ClientConf
     Ok(client)
 }
 
-/// Accepts exactly one certificate, named by its SHA-256, and still checks that the server
-/// has its private key through the handshake signature.
+/// TLS client configurations for `https://` upstreams.
+pub(crate) struct UpstreamTls {
+    /// For the pooled client: offers HTTP/2 and HTTP/1.1 by ALPN.
+    pub(crate) pooled: Arc<rustls::ClientConfig>,
+    /// For upgrades, which are HTTP/1.1 only.
+    pub(crate) upgrade: Arc<rustls::ClientConfig>,
+}
+
+/// Builds the TLS configurations for `https://` upstreams.
+///
+/// # Errors
+///
+/// Returns an error when `--upstream-ca` cannot be read or contains no certificate.
+pub(crate) fn upstream_tls(config: &Config) -> anyhow::Result<UpstreamTls> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS versions are not available in the crypto provider")?;
+    let tls = if config.upstream_insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ChosenCert {
+                accept: Accept::Any,
+                provider,
+            }))
+            .with_no_client_auth()
+    } else {
+        let roots = match &config.upstream_ca {
+            Some(path) => read_roots(path)?,
+            None => rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
+        };
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    let mut pooled = tls.clone();
+    pooled.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut upgrade = tls;
+    upgrade.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(UpstreamTls {
+        pooled: Arc::new(pooled),
+        upgrade: Arc::new(upgrade),
+    })
+}
+
+/// Reads the CA certificates of a PEM file.
+fn read_roots(path: &std::path::Path) -> anyhow::Result<rustls::RootCertStore> {
+    let pem = fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.with_context(|| format!("invalid PEM in {}", path.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("invalid CA certificate in {}", path.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("no CA certificate found in {}", path.display());
+    }
+    Ok(roots)
+}
+
+/// Which certificates [`ChosenCert`] accepts.
 #[derive(Debug)]
-struct PinnedCert {
-    fingerprint: [u8; 32],
+enum Accept {
+    /// Exactly one, named by its SHA-256: the pinned ingress certificate.
+    Fingerprint([u8; 32]),
+    /// Any: an upstream run with `--upstream-insecure`.
+    Any,
+}
+
+/// Accepts the certificates that [`Accept`] names instead of checking a chain, and still
+/// checks that the server has the certificate's private key through the handshake signature.
+#[derive(Debug)]
+struct ChosenCert {
+    accept: Accept,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedCert {
+impl ServerCertVerifier for ChosenCert {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -73,14 +133,17 @@ impl ServerCertVerifier for PinnedCert {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Accept::Fingerprint(fingerprint) = &self.accept else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let seen: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if seen == self.fingerprint {
+        if seen == *fingerprint {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
                 "ingress certificate SHA-256 is {}, expected {} (--cert-sha256)",
                 hex::encode(seen),
-                hex::encode(self.fingerprint)
+                hex::encode(fingerprint)
             )))
         }
     }

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use transport::{from_wire, remove_hop_by_hop, remove_hop_by_hop_except_upgrade, RecvBody};
 
 use crate::config::{Config, Upstream, UpstreamProtocol};
+use crate::https::HttpsConnector;
 
 /// Response header fields the agent accepts from an HTTP/1.1 upstream.
 const MAX_RESPONSE_FIELDS: usize = 500;
@@ -26,14 +27,23 @@ pub(crate) struct Upstreams {
     tunnels: BTreeMap<String, Upstream>,
     http1: Client<HttpConnector, RecvBody>,
     h2c: Client<HttpConnector, RecvBody>,
+    https: Client<HttpsConnector, RecvBody>,
+    /// TLS for upgrades to `https://` upstreams, which offer only HTTP/1.1.
+    upgrade_tls: tokio_rustls::TlsConnector,
     connect_timeout: Duration,
 }
 
 impl Upstreams {
-    pub(crate) fn new(config: &Config) -> Self {
+    /// Prepares the clients.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error when `--upstream-ca` cannot be used.
+    pub(crate) fn new(config: &Config) -> anyhow::Result<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.upstream_connect_timeout));
+        let tls = crate::tls::upstream_tls(config)?;
 
         let mut builder = Client::builder(TokioExecutor::new());
         // hyper's default of 100 response fields is below what some applications send; the
@@ -42,15 +52,18 @@ impl Upstreams {
             .pool_idle_timeout(Duration::from_secs(60))
             .http1_max_headers(MAX_RESPONSE_FIELDS);
         let http1 = builder.build(connector.clone());
+        let https = builder.build(HttpsConnector::new(connector.clone(), tls.pooled));
         let h2c = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build(connector);
-        Self {
+        Ok(Self {
             tunnels: config.tunnels.clone(),
             http1,
             h2c,
+            https,
+            upgrade_tls: tokio_rustls::TlsConnector::from(tls.upgrade),
             connect_timeout: config.upstream_connect_timeout,
-        }
+        })
     }
 
     pub(crate) fn get(&self, tunnel: &str) -> Option<&Upstream> {
@@ -63,14 +76,12 @@ impl Upstreams {
         upstream: &Upstream,
         request: Request<RecvBody>,
     ) -> Result<Response<Incoming>, Failure> {
-        let client = match upstream.protocol {
-            UpstreamProtocol::Http1 => &self.http1,
-            UpstreamProtocol::H2c => &self.h2c,
+        let sent = match upstream.protocol {
+            UpstreamProtocol::Http1 => self.http1.request(request).await,
+            UpstreamProtocol::H2c => self.h2c.request(request).await,
+            UpstreamProtocol::Https => self.https.request(request).await,
         };
-        client
-            .request(request)
-            .await
-            .map_err(|err| classify(&err, &upstream.authority))
+        sent.map_err(|err| classify(&err, &upstream.authority))
     }
 
     /// Sends an upgrade request on a new connection and returns the response; on `101` the
@@ -94,19 +105,48 @@ impl Upstreams {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|err| unreachable(&err, authority))?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.with_upgrades().await {
-                tracing::debug!(error = %err, "upstream upgrade connection failed");
-            }
-        });
-        sender
-            .send_request(request)
-            .await
-            .map_err(|err| unreachable(&err, authority))
+        if upstream.protocol != UpstreamProtocol::Https {
+            return upgrade_over(TokioIo::new(stream), request, authority).await;
+        }
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority.as_str(), |(host, _)| host);
+        let handshake = crate::https::handshake(&self.upgrade_tls, host, stream);
+        match tokio::time::timeout(self.connect_timeout, handshake).await {
+            Ok(Ok(tls)) => upgrade_over(TokioIo::new(tls), request, authority).await,
+            Ok(Err(err)) => Err(Failure {
+                kind: FailureKind::UpstreamUnreachable,
+                message: format!("TLS handshake with upstream {authority} failed: {err}"),
+            }),
+            Err(_) => Err(Failure {
+                kind: FailureKind::UpstreamUnreachable,
+                message: format!("TLS handshake with upstream {authority} timed out"),
+            }),
+        }
     }
+}
+
+/// Sends an upgrade request on a fresh HTTP/1.1 connection over `io`.
+async fn upgrade_over<I>(
+    io: I,
+    request: Request<Full<Bytes>>,
+    authority: &str,
+) -> Result<Response<Incoming>, Failure>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|err| unreachable(&err, authority))?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.with_upgrades().await {
+            tracing::debug!(error = %err, "upstream upgrade connection failed");
+        }
+    });
+    sender
+        .send_request(request)
+        .await
+        .map_err(|err| unreachable(&err, authority))
 }
 
 /// Rewrites the absolute target of `request` to origin form (`/path?query`), with a Host
@@ -141,7 +181,11 @@ pub(crate) fn build_request<B>(
         kind: FailureKind::BadRequest,
         message,
     };
-    let uri: http::Uri = format!("http://{}{}", upstream.authority, head.target)
+    let scheme = match upstream.protocol {
+        UpstreamProtocol::Https => "https",
+        UpstreamProtocol::Http1 | UpstreamProtocol::H2c => "http",
+    };
+    let uri: http::Uri = format!("{scheme}://{}{}", upstream.authority, head.target)
         .parse()
         .map_err(|_| bad(format!("invalid request target {:?}", head.target)))?;
     let method = http::Method::from_bytes(head.method.as_bytes())
@@ -154,8 +198,9 @@ pub(crate) fn build_request<B>(
         remove_hop_by_hop(&mut headers);
     }
 
+    // Over TLS the pooled client speaks what ALPN picked, whatever version the request says.
     let version = match upstream.protocol {
-        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::Http1 | UpstreamProtocol::Https => Version::HTTP_11,
         UpstreamProtocol::H2c => Version::HTTP_2,
     };
     let mut request = Request::new(body);
