@@ -20,20 +20,31 @@ pub struct TlsFront {
 }
 
 impl TlsFront {
-    /// Starts a front for `backend` on an ephemeral loopback port, with a certificate for
-    /// `localhost` and 127.0.0.1, written to `dir`. `alpn` lists the protocols it offers.
+    /// Starts a front for `backend` on an ephemeral loopback port, with a self-signed
+    /// certificate for `localhost` and 127.0.0.1, written to `dir`. `alpn` lists the protocols
+    /// it offers. With `marked_ca` the certificate says it is a CA, as the ones that
+    /// `openssl req -x509` makes do.
     ///
     /// # Panics
     ///
     /// Panics when the certificate cannot be made or the port bound.
-    pub async fn start(backend: SocketAddr, dir: &TempDir, alpn: &[&[u8]]) -> TlsFront {
+    pub async fn start(
+        backend: SocketAddr,
+        dir: &TempDir,
+        alpn: &[&[u8]],
+        marked_ca: bool,
+    ) -> TlsFront {
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-        let generated = rcgen::generate_simple_self_signed(names).expect("generate certificate");
+        let mut params = rcgen::CertificateParams::new(names).expect("certificate names");
+        if marked_ca {
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        let key_pair = rcgen::KeyPair::generate().expect("generate key");
+        let generated = params.self_signed(&key_pair).expect("sign certificate");
         let ca_file = dir.path.join("upstream-cert.pem");
-        std::fs::write(&ca_file, generated.cert.pem()).expect("write certificate");
-        let cert = CertificateDer::from(generated.cert.der().to_vec());
-        let key =
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(generated.key_pair.serialize_der()));
+        std::fs::write(&ca_file, generated.pem()).expect("write certificate");
+        let cert = CertificateDer::from(generated.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pair.serialize_der()));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -31,10 +31,19 @@ impl Setup {
         alpn: &[&[u8]],
         tweak: impl FnOnce(&mut tunnel_agent::Config, &TlsFront),
     ) -> Setup {
+        Self::start_marked(alpn, false, tweak).await
+    }
+
+    /// Like [`Setup::start`]; with `marked_ca` the front's certificate says it is a CA.
+    async fn start_marked(
+        alpn: &[&[u8]],
+        marked_ca: bool,
+        tweak: impl FnOnce(&mut tunnel_agent::Config, &TlsFront),
+    ) -> Setup {
         tunnel_tests::init_tracing();
         let dir = TempDir::new("https-upstream");
         let fixture = Fixture::start().await;
-        let front = TlsFront::start(fixture.addr, &dir, alpn).await;
+        let front = TlsFront::start(fixture.addr, &dir, alpn, marked_ca).await;
         let ingress = RunningIngress::start(loopback(0), loopback(0), dir.path.clone(), |_| {})
             .await
             .expect("start ingress");
@@ -164,4 +173,19 @@ async fn insecure_mode_accepts_self_signed() {
     let response = collect(client::get(Protocol::Http1, &setup.url("/small")).await).await;
     assert_eq!(response.status, 200);
     assert_eq!(setup.fixture.observed().hits.get("/small"), Some(&1));
+}
+
+/// A self-signed certificate marked as a CA, as `openssl req -x509` makes by default, is
+/// accepted when `--upstream-ca` lists that very certificate; a chain check alone would reject
+/// it as a CA used for a server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_self_signed_ca_certificate_accepted() {
+    let setup = Setup::start_marked(&[b"h2", b"http/1.1"], true, trust_front).await;
+    let response = collect(client::get(Protocol::Http1, &setup.url("/small")).await).await;
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -64,22 +65,36 @@ pub(crate) fn upstream_tls(config: &Config) -> anyhow::Result<UpstreamTls> {
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS versions are not available in the crypto provider")?;
-    let tls = if config.upstream_insecure {
-        builder
+    let tls = match (&config.upstream_ca, config.upstream_insecure) {
+        (_, true) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(ChosenCert {
                 accept: Accept::Any,
                 provider,
             }))
-            .with_no_client_auth()
-    } else {
-        let roots = match &config.upstream_ca {
-            Some(path) => read_roots(path)?,
-            None => rustls::RootCertStore {
+            .with_no_client_auth(),
+        (Some(path), false) => {
+            let listed = read_certs(path)?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in &listed {
+                roots
+                    .add(cert.clone())
+                    .with_context(|| format!("invalid CA certificate in {}", path.display()))?;
+            }
+            let chains = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .with_context(|| format!("unusable CA certificates in {}", path.display()))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ListedOrChained { listed, chains }))
+                .with_no_client_auth()
+        }
+        (None, false) => {
+            let roots = rustls::RootCertStore {
                 roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            },
-        };
-        builder.with_root_certificates(roots).with_no_client_auth()
+            };
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
     };
     let mut pooled = tls.clone();
     pooled.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -93,18 +108,85 @@ pub(crate) fn upstream_tls(config: &Config) -> anyhow::Result<UpstreamTls> {
 
 /// Reads the CA certificates of a PEM file.
 fn read_roots(path: &std::path::Path) -> anyhow::Result<rustls::RootCertStore> {
-    let pem = fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.with_context(|| format!("invalid PEM in {}", path.display()))?;
+    for cert in read_certs(path)? {
         roots
             .add(cert)
             .with_context(|| format!("invalid CA certificate in {}", path.display()))?;
     }
-    if roots.is_empty() {
+    Ok(roots)
+}
+
+/// Reads the certificates of a PEM file; there must be at least one.
+fn read_certs(path: &std::path::Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let pem = fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("invalid PEM in {}", path.display()))?;
+    if certs.is_empty() {
         bail!("no CA certificate found in {}", path.display());
     }
-    Ok(roots)
+    Ok(certs)
+}
+
+/// Checks an upstream certificate against the `--upstream-ca` file: a chain to one of its
+/// certificates, or one of its certificates itself. The second case is a development server's
+/// self-signed certificate, which `openssl req -x509` marks as a CA, so a chain check alone
+/// rejects it as a CA used for a server.
+#[derive(Debug)]
+struct ListedOrChained {
+    listed: Vec<CertificateDer<'static>>,
+    chains: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for ListedOrChained {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let chained = self.chains.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        match chained {
+            Ok(verified) => Ok(verified),
+            Err(_) if self.listed.iter().any(|cert| cert == end_entity) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            Err(err) => Err(rustls::Error::General(format!(
+                "{err}: the certificate is neither in --upstream-ca nor issued by one there"
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chains.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chains.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chains.supported_verify_schemes()
+    }
 }
 
 /// Which certificates [`ChosenCert`] accepts.
