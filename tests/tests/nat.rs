@@ -20,6 +20,8 @@ const INGRESS_IP: &str = "10.200.1.1";
 const ROUTER_PUBLIC_IP: &str = "10.200.1.2";
 const ROUTER_HOME_IP: &str = "10.200.2.1";
 const HOME_IP: &str = "10.200.2.2";
+/// The address the home side moves to when its address changes.
+const NEW_HOME_IP: &str = "10.200.2.77";
 
 /// The three namespaces and the processes started in them. Dropping it stops the processes by
 /// PID and deletes the namespaces, which also removes their veth links.
@@ -514,4 +516,91 @@ fn idle_websocket_outlives_nat_timeout() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok 6");
+}
+
+/// The agent's own address changes, as when DHCP hands the home network a new lease: a new
+/// address is added, the old one removed. The agent's socket is bound to no address in
+/// particular, so its packets leave from the new one, the NAT maps a new flow, and the QUIC
+/// connection migrates without the agent doing anything. A WebSocket and a download carry on.
+#[test]
+fn home_address_change_keeps_websocket_and_download() {
+    skip_without_namespaces!();
+    let mut network = Network::build();
+    network.start_tunnel();
+
+    let download = network.spawn_in_public(
+        "curl",
+        &[
+            "--silent",
+            "--max-time",
+            "30",
+            "http://10.200.1.1:8080/drip?lines=30&interval_ms=100",
+        ],
+    );
+    let session = network.spawn_in_public(
+        "python3",
+        &[WS_SESSION, "ws://10.200.1.1:8080/ws", "30", "0.05", "0"],
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    let home = network.home.clone();
+    let in_home = |args: &[&str]| {
+        let mut full = vec!["ip", "-n", home.as_str()];
+        full.extend_from_slice(args);
+        run(&full)
+    };
+    // Without promotion, removing the first address of a subnet removes the others with it.
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &home,
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.conf.veth-home.promote_secondaries=1",
+    ]);
+    in_home(&[
+        "addr",
+        "add",
+        &format!("{NEW_HOME_IP}/24"),
+        "dev",
+        "veth-home",
+    ]);
+    in_home(&["addr", "del", &format!("{HOME_IP}/24"), "dev", "veth-home"]);
+    in_home(&["route", "replace", "default", "via", ROUTER_HOME_IP]);
+
+    let output = finish(session, Duration::from_secs(40));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok 60");
+    let output = finish(download, Duration::from_secs(40));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 30, "{text}");
+    for (i, line) in lines.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("line {i} ")),
+            "line {i} is {line:?}"
+        );
+    }
+
+    // The agent's flow now comes from the new address.
+    let flows = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &network.router,
+        "conntrack",
+        "-L",
+        "-p",
+        "udp",
+    ]);
+    let flows = String::from_utf8_lossy(&flows.stdout);
+    assert!(
+        flows.contains(&format!("src={NEW_HOME_IP} ")),
+        "no flow from the new address: {flows}"
+    );
 }
