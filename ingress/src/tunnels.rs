@@ -176,8 +176,19 @@ pub(crate) fn check_hello(
             "hello names no tunnel".to_string(),
         ));
     }
+    if hello.tunnels.len() > protocol::MAX_TUNNELS_PER_HELLO {
+        return Err((
+            RefuseReason::InvalidName,
+            format!(
+                "hello names {} tunnels; one agent may serve at most {}",
+                hello.tunnels.len(),
+                protocol::MAX_TUNNELS_PER_HELLO
+            ),
+        ));
+    }
 
     let mut names = Vec::with_capacity(hello.tunnels.len());
+    let mut seen = std::collections::HashSet::with_capacity(hello.tunnels.len());
     for name in &hello.tunnels {
         let name =
             check_tunnel_name(name).map_err(|err| (RefuseReason::InvalidName, err.to_string()))?;
@@ -194,7 +205,7 @@ pub(crate) fn check_hello(
                 format!("this token may not serve tunnel {name:?}"),
             ));
         }
-        if !names.contains(&name) {
+        if seen.insert(name.clone()) {
             names.push(name);
         }
     }

@@ -33,6 +33,11 @@ pub use frame::{
 };
 pub use version::{check_version, ALPN, PROTOCOL_VERSION};
 
+/// Most tunnel names one hello may carry. The ingress rejects a hello with more, so the reply,
+/// which has one URL per name, stays far below [`MAX_FRAME_LEN`] (256 URLs of at most about
+/// 330 bytes each).
+pub const MAX_TUNNELS_PER_HELLO: usize = 256;
+
 /// QUIC application error codes used when a stream is reset or a connection is closed.
 pub mod code {
     /// The sender gave up on the stream because its source failed (upstream died, client left).

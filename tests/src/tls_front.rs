@@ -1,6 +1,6 @@
 //! A TLS front for the fixture: terminates TLS with a self-signed certificate made by rcgen,
 //! offering HTTP/2 and HTTP/1.1 by ALPN (or only HTTP/1.1), and copies the plain bytes to the
-//! fixture, which speaks both. It stands in for an `https://` upstream.
+//! fixture, which speaks both. It plays the part of an `https://` upstream.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,7 +22,7 @@ pub struct TlsFront {
 impl TlsFront {
     /// Starts a front for `backend` on an ephemeral loopback port, with a self-signed
     /// certificate for `localhost` and 127.0.0.1, written to `dir`. `alpn` lists the protocols
-    /// it offers. With `marked_ca` the certificate says it is a CA, as the ones that
+    /// it offers. With `marked_ca` the certificate is marked as a CA, as the ones that
     /// `openssl req -x509` makes do.
     ///
     /// # Panics

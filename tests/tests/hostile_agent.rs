@@ -180,3 +180,34 @@ async fn lying_hello_length_does_not_crash_ingress() {
         200
     );
 }
+
+/// A hello with more names than one agent may serve is rejected at once, however many names
+/// it carries: 30,000 distinct names are refused as quickly as 257. (A hello much larger than
+/// that is over the decoder's allocation limit and closes the connection before any check.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_with_too_many_names_rejected() {
+    let tunnel = Tunnel::start().await;
+    for count in [protocol::MAX_TUNNELS_PER_HELLO + 1, 30_000] {
+        let names: Vec<String> = (0..count).map(|i| format!("n{i:x}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let started = std::time::Instant::now();
+        let agent = RogueAgent::connect(tunnel.ingress.quic_addr, TOKEN, &names)
+            .await
+            .expect("a reply to the hello");
+        let elapsed = started.elapsed();
+        match &agent.reply {
+            protocol::HelloReply::Refused { reason, message } => {
+                assert_eq!(*reason, protocol::RefuseReason::InvalidName, "{message}");
+                assert!(message.contains("at most 256"), "{message}");
+            }
+            other => panic!("{count} names accepted: {other:?}"),
+        }
+        assert!(
+            elapsed < Duration::from_secs(5),
+            "{count} names took {elapsed:?}"
+        );
+    }
+    // The tunnel of the well-behaved agent is untouched.
+    let response = tunnel_tests::client::get(Protocol::Http1, &tunnel.url("/small")).await;
+    assert_eq!(response.status(), 200);
+}

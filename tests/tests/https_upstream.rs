@@ -34,7 +34,7 @@ impl Setup {
         Self::start_marked(alpn, false, tweak).await
     }
 
-    /// Like [`Setup::start`]; with `marked_ca` the front's certificate says it is a CA.
+    /// Like [`Setup::start`]; with `marked_ca` the front's certificate is marked as a CA.
     async fn start_marked(
         alpn: &[&[u8]],
         marked_ca: bool,

@@ -63,8 +63,9 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
     }
 }
 
-/// Removes hop-by-hop fields and every field that `Connection` names. A `TE: trailers` field
-/// is kept because gRPC needs it end to end; other `TE` values are removed.
+/// Removes hop-by-hop fields and every field that `Connection` names, except `Host`. A
+/// `TE: trailers` field is kept because gRPC needs it end to end; other `TE` values are
+/// removed.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // `Host` is meant for every recipient, so a sender may not name it (RFC 9110, section
     // 7.6.1). Removing it would send the upstream's own address in its place.

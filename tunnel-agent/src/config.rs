@@ -156,6 +156,13 @@ impl TryFrom<Args> for Config {
             (None, Some(path)) => TrustAnchor::CaFile(path),
             (None, None) => bail!("give --cert-sha256 or --ca-file to check the ingress"),
         };
+        if args.tunnels.len() > protocol::MAX_TUNNELS_PER_HELLO {
+            bail!(
+                "{} --tunnel flags given; one agent may serve at most {}",
+                args.tunnels.len(),
+                protocol::MAX_TUNNELS_PER_HELLO
+            );
+        }
         let mut tunnels = BTreeMap::new();
         for spec in &args.tunnels {
             let (name, upstream) = parse_tunnel(spec)?;

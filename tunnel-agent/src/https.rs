@@ -25,7 +25,7 @@ pub(crate) struct HttpsConnector {
 
 impl HttpsConnector {
     pub(crate) fn new(mut tcp: HttpConnector, tls: Arc<rustls::ClientConfig>) -> Self {
-        // The URIs this connector gets say https.
+        // The URIs this connector gets have the https scheme.
         tcp.enforce_http(false);
         Self {
             tcp,
