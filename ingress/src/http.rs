@@ -102,6 +102,13 @@ async fn serve_client(
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(%err, "failed to set TCP_NODELAY");
     }
+    let info = |scheme, checks| ConnectionInfo {
+        peer,
+        scheme,
+        over_limit,
+        checks,
+        activity: Activity::new(slot.clone()),
+    };
     let Some(acceptor) = state.public_tls.clone() else {
         // The protocol is picked by peeking at the first bytes instead of by hyper-util's auto
         // builder. The auto builder wraps the socket in a private type, and an upgraded
@@ -114,22 +121,15 @@ async fn serve_client(
                 return;
             }
         };
-        let info = |checks| ConnectionInfo {
-            peer,
-            scheme: "http",
-            over_limit,
-            checks,
-            activity: Activity::new(slot.clone()),
-        };
         if h2 {
-            let _ = serve_h2(TokioIo::new(stream), info(None), state, draining).await;
+            let _ = serve_h2(TokioIo::new(stream), info("http", None), state, draining).await;
             return;
         }
         let shared = SharedTcp::new(stream);
         let (checked, checks) = checked(shared.clone(), &state);
         let result = serve_h1(
             TokioIo::new(checked),
-            info(Some(checks.clone())),
+            info("http", Some(checks.clone())),
             state,
             draining,
         );
@@ -158,21 +158,14 @@ async fn serve_client(
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-    let info = |checks| ConnectionInfo {
-        peer,
-        scheme: "https",
-        over_limit,
-        checks,
-        activity: Activity::new(slot.clone()),
-    };
     if h2 {
-        let _ = serve_h2(TokioIo::new(tls), info(None), state, draining).await;
+        let _ = serve_h2(TokioIo::new(tls), info("https", None), state, draining).await;
     } else {
         let shared = SharedStream::new(tls);
         let (checked, checks) = checked(shared.clone(), &state);
         let result = serve_h1(
             TokioIo::new(checked),
-            info(Some(checks.clone())),
+            info("https", Some(checks.clone())),
             state,
             draining,
         );

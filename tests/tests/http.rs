@@ -344,22 +344,13 @@ async fn trailers_only_response_ends_with_headers() {
     );
 }
 
-/// A client cannot strip `Host` by naming it in `Connection`, nor smuggle a guarded field past
-/// CGI-style servers by spelling it with underscores.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guarded_fields_survive_client_tricks() {
-    let tunnel = Tunnel::start().await;
+/// Sends `request` on a new connection and returns the lower-cased response, read until the
+/// ingress closes the connection (the request asks it to).
+async fn raw_exchange(tunnel: &Tunnel, request: &[u8]) -> String {
     let mut socket = tokio::net::TcpStream::connect(tunnel.ingress.http_addr)
         .await
         .expect("connect");
-    socket
-        .write_all(
-            b"GET /echo-headers HTTP/1.1\r\nHost: app.localhost\r\n\
-            Connection: host, x-private, close\r\nX-Private: 1\r\n\
-            X_Forwarded_For: 198.51.100.66\r\nX_Real_IP: 198.51.100.66\r\nX_Custom: kept\r\n\r\n",
-        )
-        .await
-        .expect("write");
+    socket.write_all(request).await.expect("write");
     let mut received = Vec::new();
     let read = tokio::time::timeout(
         std::time::Duration::from_secs(5),
@@ -368,6 +359,21 @@ async fn guarded_fields_survive_client_tricks() {
     .await;
     assert!(read.is_ok(), "the response did not end within 5 s");
     let seen = String::from_utf8_lossy(&received).to_lowercase();
+    seen
+}
+
+/// A client cannot strip `Host` by naming it in `Connection`, nor smuggle a guarded field past
+/// CGI-style servers by spelling it with underscores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_fields_survive_client_tricks() {
+    let tunnel = Tunnel::start().await;
+    let seen = raw_exchange(
+        &tunnel,
+        b"GET /echo-headers HTTP/1.1\r\nHost: app.localhost\r\n\
+        Connection: host, x-private, close\r\nX-Private: 1\r\n\
+        X_Forwarded_For: 198.51.100.66\r\nX_Real_IP: 198.51.100.66\r\nX_Custom: kept\r\n\r\n",
+    )
+    .await;
     assert!(seen.starts_with("http/1.1 200 "), "{seen}");
     assert!(seen.contains("\nhost: app.localhost\n"), "{seen}");
     assert!(
@@ -384,25 +390,13 @@ async fn guarded_fields_survive_client_tricks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_trailers_reach_upstream() {
     let tunnel = Tunnel::start().await;
-    let mut socket = tokio::net::TcpStream::connect(tunnel.ingress.http_addr)
-        .await
-        .expect("connect");
-    socket
-        .write_all(
-            b"POST /upload HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\
-            Trailer: x-checksum\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\
-            X-Checksum: 2cf24dba\r\n\r\n",
-        )
-        .await
-        .expect("write");
-    let mut received = Vec::new();
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        socket.read_to_end(&mut received),
+    let seen = raw_exchange(
+        &tunnel,
+        b"POST /upload HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\
+        Trailer: x-checksum\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\
+        X-Checksum: 2cf24dba\r\n\r\n",
     )
     .await;
-    assert!(read.is_ok(), "the response did not end within 5 s");
-    let seen = String::from_utf8_lossy(&received).to_lowercase();
     assert!(seen.starts_with("http/1.1 200 "), "{seen}");
     assert!(seen.contains("x-received-bytes: 5\r\n"), "{seen}");
     assert!(

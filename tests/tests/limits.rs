@@ -24,6 +24,26 @@ async fn read_for(socket: &mut TcpStream, limit: Duration) -> String {
     String::from_utf8_lossy(&received).to_string()
 }
 
+type Http2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+/// Opens a prior-knowledge HTTP/2 connection to the ingress; the caller drives the connection.
+async fn http2_connection(
+    tunnel: &Tunnel,
+) -> (
+    Http2Sender,
+    impl std::future::Future<Output = hyper::Result<()>> + Send + 'static,
+) {
+    let tcp = TcpStream::connect(tunnel.ingress.http_addr)
+        .await
+        .expect("connect");
+    hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("HTTP/2 handshake")
+}
+
 fn upstream_hits(tunnel: &Tunnel) -> usize {
     tunnel.fixture.observed().hits.values().sum()
 }
@@ -337,15 +357,7 @@ async fn idle_http2_connection_closed_after_streaming() {
 
     let tunnel =
         Tunnel::start_with(|config| config.idle_timeout = Duration::from_millis(600)).await;
-    let tcp = TcpStream::connect(tunnel.ingress.http_addr)
-        .await
-        .expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .expect("HTTP/2 handshake");
+    let (mut sender, connection) = http2_connection(&tunnel).await;
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let _ = connection.await;
@@ -389,15 +401,7 @@ async fn header_field_count_limited() {
     let response = exchange(&tunnel, request.as_bytes()).await;
     assert!(response.starts_with("HTTP/1.1 431 "), "{response}");
 
-    let tcp = TcpStream::connect(tunnel.ingress.http_addr)
-        .await
-        .expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .expect("HTTP/2 handshake");
+    let (mut sender, connection) = http2_connection(&tunnel).await;
     tokio::spawn(connection);
     let mut request = http::Request::get(tunnel.url("/small"));
     for i in 0..10 {

@@ -342,6 +342,21 @@ impl Network {
             .expect("running curl")
     }
 
+    /// The router's UDP connection-tracking entries, as `conntrack -L` lists them.
+    fn udp_flows(&self) -> String {
+        let flows = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.router,
+            "conntrack",
+            "-L",
+            "-p",
+            "udp",
+        ]);
+        String::from_utf8_lossy(&flows.stdout).to_string()
+    }
+
     fn spawn_in_public(&self, program: &str, args: &[&str]) -> Child {
         Command::new("ip")
             .args(["netns", "exec", &self.public, program])
@@ -373,6 +388,47 @@ fn finish(child: Child, within: Duration) -> Output {
 }
 
 const WS_SESSION: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ws_session.py");
+
+/// Starts, in the public namespace, a 30-line download (100 ms apart) and a 60-message
+/// WebSocket session through the tunnel, and gives both 1.2 s to get going.
+fn start_download_and_websocket(network: &Network) -> (Child, Child) {
+    let download = network.spawn_in_public(
+        "curl",
+        &[
+            "--silent",
+            "--max-time",
+            "30",
+            "http://10.200.1.1:8080/drip?lines=30&interval_ms=100",
+        ],
+    );
+    let session = network.spawn_in_public(
+        "python3",
+        &[WS_SESSION, "ws://10.200.1.1:8080/ws", "30", "0.05", "0"],
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    (download, session)
+}
+
+/// Checks that the download got its 30 lines in order and the WebSocket all 60 echoes.
+fn check_download_and_websocket(download: Child, session: Child) {
+    let output = finish(session, Duration::from_secs(40));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok 60");
+    let output = finish(download, Duration::from_secs(40));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 30, "{text}");
+    for (i, line) in lines.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("line {i} ")),
+            "line {i} is {line:?}"
+        );
+    }
+}
 
 #[test]
 fn nat_traffic_flows() {
@@ -437,52 +493,13 @@ fn nat_rebinding_keeps_websocket_and_download() {
     let mut network = Network::build();
     network.start_tunnel();
 
-    let download = network.spawn_in_public(
-        "curl",
-        &[
-            "--silent",
-            "--max-time",
-            "30",
-            "http://10.200.1.1:8080/drip?lines=30&interval_ms=100",
-        ],
-    );
-    let session = network.spawn_in_public(
-        "python3",
-        &[WS_SESSION, "ws://10.200.1.1:8080/ws", "30", "0.05", "0"],
-    );
-    std::thread::sleep(Duration::from_millis(1200));
+    let (download, session) = start_download_and_websocket(&network);
     network.rebind_nat();
 
-    let output = finish(session, Duration::from_secs(40));
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok 60");
-    let output = finish(download, Duration::from_secs(40));
-    let text = String::from_utf8_lossy(&output.stdout);
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 30, "{text}");
-    for (i, line) in lines.iter().enumerate() {
-        assert!(
-            line.starts_with(&format!("line {i} ")),
-            "line {i} is {line:?}"
-        );
-    }
+    check_download_and_websocket(download, session);
 
     // The agent's flow now leaves from the new port range.
-    let flows = run(&[
-        "ip",
-        "netns",
-        "exec",
-        &network.router,
-        "conntrack",
-        "-L",
-        "-p",
-        "udp",
-    ]);
-    let flows = String::from_utf8_lossy(&flows.stdout);
+    let flows = network.udp_flows();
     assert!(
         flows.contains("dport=21"),
         "no mapping in the new range: {flows}"
@@ -528,20 +545,7 @@ fn home_address_change_keeps_websocket_and_download() {
     let mut network = Network::build();
     network.start_tunnel();
 
-    let download = network.spawn_in_public(
-        "curl",
-        &[
-            "--silent",
-            "--max-time",
-            "30",
-            "http://10.200.1.1:8080/drip?lines=30&interval_ms=100",
-        ],
-    );
-    let session = network.spawn_in_public(
-        "python3",
-        &[WS_SESSION, "ws://10.200.1.1:8080/ws", "30", "0.05", "0"],
-    );
-    std::thread::sleep(Duration::from_millis(1200));
+    let (download, session) = start_download_and_websocket(&network);
     let home = network.home.clone();
     let in_home = |args: &[&str]| {
         let mut full = vec!["ip", "-n", home.as_str()];
@@ -569,36 +573,10 @@ fn home_address_change_keeps_websocket_and_download() {
     in_home(&["addr", "del", &format!("{HOME_IP}/24"), "dev", "veth-home"]);
     in_home(&["route", "replace", "default", "via", ROUTER_HOME_IP]);
 
-    let output = finish(session, Duration::from_secs(40));
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok 60");
-    let output = finish(download, Duration::from_secs(40));
-    let text = String::from_utf8_lossy(&output.stdout);
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 30, "{text}");
-    for (i, line) in lines.iter().enumerate() {
-        assert!(
-            line.starts_with(&format!("line {i} ")),
-            "line {i} is {line:?}"
-        );
-    }
+    check_download_and_websocket(download, session);
 
     // The agent's flow now comes from the new address.
-    let flows = run(&[
-        "ip",
-        "netns",
-        "exec",
-        &network.router,
-        "conntrack",
-        "-L",
-        "-p",
-        "udp",
-    ]);
-    let flows = String::from_utf8_lossy(&flows.stdout);
+    let flows = network.udp_flows();
     assert!(
         flows.contains(&format!("src={NEW_HOME_IP} ")),
         "no flow from the new address: {flows}"
