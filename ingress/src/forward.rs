@@ -24,11 +24,11 @@ use crate::http::Busy;
 use crate::upgrade::{is_h2_websocket, switch_protocols, websocket_over_h1};
 use crate::{ProxyBody, State};
 
-/// Who sent a request, and over what.
+/// Sender of a request, and the scheme it came over.
 pub(crate) struct Client {
     /// The TCP peer.
     pub(crate) peer: SocketAddr,
-    /// The client's address: the peer, or what a trusted proxy in front says.
+    /// The client's address: the peer, or the one a trusted proxy in front reports.
     pub(crate) addr: SocketAddr,
     pub(crate) scheme: &'static str,
     /// Holds the client connection open against the idle timeout until the exchange ends.
@@ -115,7 +115,7 @@ pub(crate) async fn forward(
     ))
 }
 
-/// How sending the request body ended, as the response-head wait sees it: `Ok` once it is
+/// Outcome of sending the request body, for the response-head wait: `Ok` once it is
 /// sent whole, or the reason the client's body was invalid. The signal is dropped when the
 /// agent stopped reading.
 type BodySent = Result<(), String>;
@@ -425,11 +425,11 @@ async fn send_request_body(
     }
 }
 
-/// What a forwarded exchange holds until it ends: the agent's stream permit, and the client
+/// Resources a forwarded exchange keeps until it ends: the agent's stream permit, and the client
 /// connection's claim against the idle timeout.
 pub(crate) type Held = (OwnedSemaphorePermit, Busy);
 
-/// A response body that keeps what the exchange holds until the body ends or is dropped.
+/// A response body that keeps the exchange's resources until the body ends or is dropped.
 struct Holding<B> {
     body: B,
     _held: Held,

@@ -78,7 +78,7 @@ impl CheckLog {
     }
 }
 
-/// Where the checker is in the byte stream.
+/// Position of the checker in the byte stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Position {
     Head,
@@ -121,7 +121,7 @@ struct Checker {
     position: Position,
     /// The part of a request head that arrived in earlier reads.
     partial: Vec<u8>,
-    /// Longest head the checker buffers; hyper rejects longer ones with 431.
+    /// Maximum head length the checker buffers. hyper rejects longer heads with 431.
     max_head: usize,
     /// Most header fields hyper accepts in a head. The checker parses with room for one more,
     /// so it never gives up on a head that hyper takes.
@@ -244,7 +244,7 @@ struct Head {
     /// Bytes of the head in the input.
     len: usize,
     check: HeadCheck,
-    /// Where the head's body puts the checker.
+    /// Position of the checker after the head's body.
     next: Position,
     #[cfg(test)]
     target: String,
@@ -270,7 +270,7 @@ fn parse_head(bytes: &[u8], max_fields: usize) -> Parsed {
     }
 }
 
-/// Decides what a parsed head holds and how its body is framed, the way hyper's server role
+/// Judges a parsed head and finds how its body is framed, the way hyper's server role
 /// does (`proto/h1/role.rs`). Returns `None` for a head hyper rejects.
 fn judge(request: &httparse::Request<'_, '_>) -> Option<(HeadCheck, Position)> {
     let http11 = request.version? == 1;
@@ -349,7 +349,7 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     })
 }
 
-/// Where one byte of a chunked body takes the decoder.
+/// Next state of the chunked decoder after one byte.
 enum Step {
     To(Chunk),
     /// The byte was the last of the body.
@@ -358,7 +358,7 @@ enum Step {
     Rejected,
 }
 
-/// The chunked decoder's step on `byte` in `state`.
+/// Returns the chunked decoder's step on `byte` in `state`.
 fn chunk_step(state: Chunk, byte: u8) -> Step {
     let to = |next: Option<Chunk>| next.map_or(Step::Rejected, Step::To);
     let hex = |size: u64| -> Option<u64> {
@@ -736,7 +736,7 @@ mod tests {
         out
     }
 
-    /// What hyper and the checker made of one input.
+    /// Results of hyper and of the checker on one input.
     struct Served {
         /// Request target of each request hyper handed to its service, in order.
         targets: Vec<String>,
@@ -747,7 +747,7 @@ mod tests {
 
     /// Serves `input` with hyper behind the checker. With `half_close`, the client ends its
     /// side after the input, which makes hyper stop at once; otherwise the input must end with
-    /// a request that asks hyper to close.
+    /// a request with `Connection: close`.
     async fn serve_with_hyper(input: Vec<u8>, rng: &mut Rng, half_close: bool) -> Served {
         use http_body_util::BodyExt;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -817,7 +817,7 @@ mod tests {
                 input.extend(random_request(&mut rng, index));
             }
             // hyper drops requests in flight when the client half-closes, so the pipeline
-            // ends with a request that asks hyper to close instead.
+            // ends with a `Connection: close` request instead.
             input.extend_from_slice(b"GET /end HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
             let count = count + 1;
             let served = serve_with_hyper(input.clone(), &mut rng, false).await;

@@ -75,7 +75,7 @@ enum Admission {
     OverLimit,
 }
 
-/// What one served connection shares with the service that answers its requests.
+/// Connection details shared with the service for its requests.
 #[derive(Clone)]
 struct ConnectionInfo {
     peer: SocketAddr,
@@ -255,7 +255,7 @@ where
     result
 }
 
-/// The service answering each request of one connection.
+/// Builds the service for the requests of one connection.
 fn service(
     info: ConnectionInfo,
     state: Arc<State>,
@@ -336,9 +336,9 @@ impl Activity {
         }
     }
 
-    /// Completes once no request has been in flight for `limit`. On HTTP/1.1, `checks` tells
-    /// whether the next request head has started to arrive; such a head is left to the
-    /// header read timeout, which answers it with 408.
+    /// Completes once no request has been in flight for `limit`. On HTTP/1.1, `checks` reports
+    /// whether the next request head has started to arrive. Such a head is left to the
+    /// header read timeout, which sends 408 for it.
     async fn idle_for(&self, limit: Duration, checks: Option<Arc<CheckLog>>) {
         let mut count = self.count.subscribe();
         loop {

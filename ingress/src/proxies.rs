@@ -153,7 +153,8 @@ impl TrustedProxies {
     }
 }
 
-/// The entries of every `X-Forwarded-For` field, in order, trimmed, empty ones skipped.
+/// Returns the entries of every `X-Forwarded-For` field, in order, trimmed, empty ones
+/// skipped.
 fn forwarded_hops(headers: &HeaderMap) -> impl DoubleEndedIterator<Item = &str> {
     headers
         .get_all(&FORWARDED_FOR)

@@ -345,7 +345,7 @@ async fn trailers_only_response_ends_with_headers() {
 }
 
 /// Sends `request` on a new connection and returns the lower-cased response, read until the
-/// ingress closes the connection (the request asks it to).
+/// ingress closes the connection, as the request's `Connection: close` makes it.
 async fn raw_exchange(tunnel: &Tunnel, request: &[u8]) -> String {
     let mut socket = tokio::net::TcpStream::connect(tunnel.ingress.http_addr)
         .await

@@ -424,7 +424,7 @@ async fn header_field_count_limited() {
 }
 
 /// A chunked body that breaks its framing midway is the client's fault: 400, although the
-/// head has already gone to the upstream, which sees the request aborted.
+/// head has already gone to the upstream, which gets the request aborted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_chunked_body_gets_400() {
     let tunnel = Tunnel::start().await;

@@ -198,7 +198,7 @@ pub(crate) fn build_request<B>(
         remove_hop_by_hop(&mut headers);
     }
 
-    // Over TLS the pooled client speaks what ALPN picked, whatever version the request says.
+    // Over TLS the pooled client speaks what ALPN picked, whatever the request's version.
     let version = match upstream.protocol {
         UpstreamProtocol::Http1 | UpstreamProtocol::Https => Version::HTTP_11,
         UpstreamProtocol::H2c => Version::HTTP_2,

@@ -173,7 +173,7 @@ async fn start_tunnel(
         token.clone(),
         "--state-dir".to_string(),
         state_dir.join("ingress").display().to_string(),
-        // Every benchmark client comes from 127.0.0.1, and an open WebSocket holds its slot,
+        // Every benchmark client comes from 127.0.0.1, and an open WebSocket keeps its slot,
         // so the default of 512 per address would cap the 1000 idle WebSockets.
         "--max-connections-per-ip".to_string(),
         "100000".to_string(),
