@@ -220,7 +220,8 @@ where
     let activity = info.activity.clone();
     let idle = activity.idle_for(state.config.idle_timeout, None);
     let service = service(info, state);
-    let result = drive(builder.serve_connection(io, service), draining, idle).await;
+    let connection = builder.serve_connection(io, service);
+    let result = drive(connection, draining, idle, &activity).await;
     if let Err(err) = &result {
         tracing::debug!(error = %err, "public connection ended with an error");
     }
@@ -248,7 +249,7 @@ where
     let idle = activity.idle_for(state.config.idle_timeout, info.checks.clone());
     let service = service(info, state);
     let connection = builder.serve_connection(io, service).with_upgrades();
-    let result = drive(connection, draining, idle).await;
+    let result = drive(connection, draining, idle, &activity).await;
     if let Err(err) = &result {
         tracing::debug!(error = %err, "public connection ended with an error");
     }
@@ -328,6 +329,10 @@ impl Activity {
         }
     }
 
+    fn in_flight(&self) -> usize {
+        *self.count.borrow()
+    }
+
     fn begin(&self) -> Busy {
         self.count.send_modify(|count| *count += 1);
         Busy {
@@ -401,16 +406,34 @@ async fn drive<C: Drainable>(
     connection: C,
     mut draining: watch::Receiver<bool>,
     idle: impl Future<Output = ()>,
+    activity: &Activity,
 ) -> hyper::Result<()> {
     let mut connection = std::pin::pin!(connection);
-    tokio::select! {
+    let idle_close = tokio::select! {
         result = connection.as_mut() => return result,
-        _ = draining.wait_for(|draining| *draining) => {}
-        () = idle => {}
-    }
+        _ = draining.wait_for(|draining| *draining) => false,
+        () = idle => true,
+    };
     connection.as_mut().start_draining();
-    connection.await
+    if !idle_close {
+        return connection.await;
+    }
+    // With no request in flight, HTTP/2's graceful close waits only for the client to
+    // acknowledge a ping. A client that never does is dropped after a short grace, instead of
+    // after hyper's keep-alive timeout.
+    // A request that arrived as the close began is still served to its end.
+    if let Ok(result) = tokio::time::timeout(IDLE_CLOSE_GRACE, connection.as_mut()).await {
+        return result;
+    }
+    if activity.in_flight() > 0 {
+        return connection.await;
+    }
+    tracing::debug!("idle connection did not finish closing; dropping it");
+    Ok(())
 }
+
+/// Time an idle connection gets to close gracefully once the idle timeout has passed.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Returns whether the client opened with the HTTP/2 connection preface (prior knowledge),
 /// without consuming any bytes. Waits at most `limit` for enough bytes to decide, so a

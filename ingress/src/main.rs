@@ -27,7 +27,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         quic.to_string()
     };
-    tracing::info!(http = %ingress.http_addr(), quic = %quic, domain = %config.domain, "listening");
+    let scheme = if config.public_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(public = %ingress.http_addr(), scheme, quic = %quic, domain = %config.domain, "listening");
     println!("QUIC certificate SHA-256: {}", ingress.cert_sha256());
     println!("Start an agent next to your app with:");
     println!(
@@ -35,7 +40,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ingress.cert_sha256()
     );
     println!(
-        "and open http://app.{}:{}/",
+        "and open {scheme}://app.{}:{}/",
         config.domain,
         ingress.http_addr().port()
     );

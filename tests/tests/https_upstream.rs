@@ -160,6 +160,7 @@ async fn untrusted_certificate_gets_502() {
     assert_eq!(response.headers["x-ingress-error"], "upstream-unreachable");
     let text = String::from_utf8_lossy(&response.body).to_lowercase();
     assert!(text.contains("certificate"), "{text}");
+    assert!(text.contains("--upstream-ca"), "{text}");
     assert!(setup.fixture.observed().hits.is_empty());
 }
 

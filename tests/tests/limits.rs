@@ -474,3 +474,41 @@ async fn slow_second_head_gets_408_not_idle_close() {
         "{rest:?}"
     );
 }
+
+/// An idle HTTP/2 client that never acknowledges the server's ping (which hyper's graceful
+/// close waits for) is still dropped soon after the idle timeout, not after hyper's 40 s of
+/// keep-alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_client_without_ping_ack_dropped() {
+    let tunnel =
+        Tunnel::start_with(|config| config.idle_timeout = Duration::from_millis(300)).await;
+    let mut socket = TcpStream::connect(tunnel.ingress.http_addr)
+        .await
+        .expect("connect");
+    // The connection preface and an empty SETTINGS frame, then silence.
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    socket.write_all(&opening).await.expect("write preface");
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(15), socket.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the connection was still open after 15 s");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(8),
+        "dropped only after {elapsed:?}"
+    );
+    // Walk the frames the server sent: a GOAWAY (type 7) came before the close.
+    let mut frame_types = Vec::new();
+    let mut rest = &received[..];
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        frame_types.push(rest[3]);
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    assert!(
+        frame_types.contains(&7),
+        "no GOAWAY among frames {frame_types:?}"
+    );
+}

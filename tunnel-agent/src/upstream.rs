@@ -116,7 +116,10 @@ impl Upstreams {
             Ok(Ok(tls)) => upgrade_over(TokioIo::new(tls), request, authority).await,
             Ok(Err(err)) => Err(Failure {
                 kind: FailureKind::UpstreamUnreachable,
-                message: format!("TLS handshake with upstream {authority} failed: {err}"),
+                message: format!(
+                    "TLS handshake with upstream {authority} failed: {err}{}",
+                    certificate_hint(&err.to_string())
+                ),
             }),
             Err(_) => Err(Failure {
                 kind: FailureKind::UpstreamUnreachable,
@@ -232,7 +235,20 @@ fn connect_failure(err: &io::Error, authority: &str) -> Failure {
     };
     Failure {
         kind,
-        message: format!("failed to connect to upstream {authority}: {err}"),
+        message: format!(
+            "failed to connect to upstream {authority}: {err}{}",
+            certificate_hint(&err.to_string())
+        ),
+    }
+}
+
+/// Points at the flags that fix a rejected upstream certificate.
+fn certificate_hint(message: &str) -> &'static str {
+    if message.contains("invalid peer certificate") {
+        " (give the agent the upstream's CA or certificate with --upstream-ca, or use \
+         --upstream-insecure for a development server's self-signed certificate)"
+    } else {
+        ""
     }
 }
 
