@@ -80,13 +80,15 @@ impl Ingress {
             Some((cert, key)) => Some(tls::public_acceptor(cert, key)?),
             None => None,
         };
+        // The TCP port is taken first, so a port in use fails before the state directory gets
+        // a new certificate.
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("failed to listen for HTTP on {}", config.http_addr))?;
         let identity = tls::load_identity(&config)?;
         let cert_sha256 = identity.fingerprint();
         let server_config = tls::server_config(identity, &config)?;
 
-        let listener = TcpListener::bind(config.http_addr)
-            .await
-            .with_context(|| format!("failed to listen for HTTP on {}", config.http_addr))?;
         let endpoint_config = tls::endpoint_config(&config)?;
         let endpoint =
             transport::bind_endpoint_with(config.quic_addr, Some(server_config), endpoint_config)

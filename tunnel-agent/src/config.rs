@@ -191,14 +191,14 @@ impl TryFrom<Args> for Config {
 /// Returns an error when the input is not 32 bytes of hex.
 pub fn parse_fingerprint(input: &str) -> anyhow::Result<[u8; 32]> {
     let digits: String = input.chars().filter(|c| *c != ':').collect();
-    let bytes = hex::decode(digits.trim())
-        .with_context(|| format!("invalid --cert-sha256 {input:?}: expected 64 hex digits"))?;
-    bytes.try_into().map_err(|bytes: Vec<u8>| {
+    let invalid = || {
         anyhow::anyhow!(
-            "invalid --cert-sha256: expected 32 bytes, got {}",
-            bytes.len()
+            "invalid --cert-sha256 {input:?}: expected the 64 hex digits the ingress prints \
+             at start"
         )
-    })
+    };
+    let bytes = hex::decode(digits.trim()).map_err(|_| invalid())?;
+    bytes.try_into().map_err(|_: Vec<u8>| invalid())
 }
 
 fn parse_tunnel(spec: &str) -> anyhow::Result<(String, Upstream)> {
