@@ -100,8 +100,20 @@ async fn time_until_ok(url: &str, limit: Duration) -> Duration {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_recovers_from_ingress_crash() {
+/// A fixture, an ingress process and an agent process, with the tunnel up.
+struct Running {
+    fixture: Fixture,
+    state: TempDir,
+    http: u16,
+    quic: u16,
+    /// The ingress first, then the agent.
+    children: Children,
+    fingerprint: String,
+    /// URL of the fixture's `/small` through the tunnel.
+    url: String,
+}
+
+async fn start_running() -> Running {
     tunnel_tests::init_tracing();
     let fixture = Fixture::start().await;
     let state = TempDir::new("crash");
@@ -114,6 +126,29 @@ async fn agent_recovers_from_ingress_crash() {
         .push(start_agent(quic, &fingerprint, fixture.addr));
     let url = format!("http://app.localhost:{http}/small");
     time_until_ok(&url, Duration::from_secs(15)).await;
+    Running {
+        fixture,
+        state,
+        http,
+        quic,
+        children,
+        fingerprint,
+        url,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_recovers_from_ingress_crash() {
+    // Bound with `_` names, not ignored, so the fixture lives to the end.
+    let Running {
+        fixture: _fixture,
+        state,
+        http,
+        quic,
+        mut children,
+        fingerprint: _fingerprint,
+        url,
+    } = start_running().await;
 
     // SIGKILL: the old process sends nothing, not even a close.
     let mut crashed = children.0.remove(0);
@@ -136,18 +171,16 @@ async fn agent_recovers_from_ingress_crash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_routes_around_killed_agent() {
-    tunnel_tests::init_tracing();
-    let fixture = Fixture::start().await;
-    let state = TempDir::new("crash");
-    let (http, quic) = (free_port(), free_port());
-    let mut children = Children::default();
-    let (ingress, fingerprint) = start_ingress(http, quic, &state);
-    children.0.push(ingress);
-    children
-        .0
-        .push(start_agent(quic, &fingerprint, fixture.addr));
-    let url = format!("http://app.localhost:{http}/small");
-    time_until_ok(&url, Duration::from_secs(15)).await;
+    // Bound with `_` names, not ignored, so the fixture and the state folder live to the end.
+    let Running {
+        fixture,
+        state: _state,
+        http: _http,
+        quic,
+        mut children,
+        fingerprint,
+        url,
+    } = start_running().await;
 
     // kill -9 the agent and start a new one at once, as a supervisor would.
     let mut killed = children.0.remove(1);

@@ -155,29 +155,31 @@ async fn forwarded_headers_set(protocol: Protocol) {
     assert!(seen.contains("x-custom: kept\n"), "{seen}");
 }
 
+/// Sends a request with forwarding fields of its own and returns the fields the upstream got.
+async fn fields_seen_with_forged_forwarding(tunnel: &Tunnel) -> String {
+    let request = Request::get(tunnel.url("/echo-headers"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "www.example.com")
+        .header("x-real-ip", "203.0.113.8")
+        .body(client::empty())
+        .expect("valid request");
+    let body = collect(client::send(Protocol::Http1, request).await)
+        .await
+        .body;
+    String::from_utf8_lossy(&body).to_string()
+}
+
 /// A client cannot pass for another address, protocol or host by sending forwarding fields
 /// itself; a trusted proxy in front of the ingress can. Connections from a trusted proxy do not
 /// count against the per-address connection limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_proxy_fields_believed() {
-    let forged = |tunnel: &Tunnel| {
-        Request::get(tunnel.url("/echo-headers"))
-            .header("x-forwarded-for", "203.0.113.7")
-            .header("x-forwarded-proto", "https")
-            .header("x-forwarded-host", "www.example.com")
-            .header("x-real-ip", "203.0.113.8")
-            .body(client::empty())
-            .expect("valid request")
-    };
-
     let untrusting = Tunnel::start_with(|config| {
         config.trusted_proxies = vec!["10.0.0.0/8".parse().expect("valid range")];
     })
     .await;
-    let seen = collect(client::send(Protocol::Http1, forged(&untrusting)).await)
-        .await
-        .body;
-    let seen = String::from_utf8_lossy(&seen);
+    let seen = fields_seen_with_forged_forwarding(&untrusting).await;
     assert!(
         seen.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"),
         "{seen}"
@@ -191,10 +193,7 @@ async fn trusted_proxy_fields_believed() {
         config.max_connections_per_ip = 1;
     })
     .await;
-    let seen = collect(client::send(Protocol::Http1, forged(&trusting)).await)
-        .await
-        .body;
-    let seen = String::from_utf8_lossy(&seen);
+    let seen = fields_seen_with_forged_forwarding(&trusting).await;
     assert!(
         seen.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"),
         "{seen}"

@@ -11,11 +11,17 @@ use tunnel_tests::Tunnel;
 /// Sends `request` on a new connection and returns everything the ingress wrote until it
 /// closed the connection or 5 s passed.
 async fn exchange(tunnel: &Tunnel, request: &[u8]) -> String {
+    let mut socket = connect_and_send(tunnel, request).await;
+    read_for(&mut socket, Duration::from_secs(5)).await
+}
+
+/// Opens a new connection to the ingress and writes `bytes` on it.
+async fn connect_and_send(tunnel: &Tunnel, bytes: &[u8]) -> TcpStream {
     let mut socket = TcpStream::connect(tunnel.ingress.http_addr)
         .await
         .expect("connect");
-    socket.write_all(request).await.expect("write request");
-    read_for(&mut socket, Duration::from_secs(5)).await
+    socket.write_all(bytes).await.expect("write request bytes");
+    socket
 }
 
 async fn read_for(socket: &mut TcpStream, limit: Duration) -> String {
@@ -137,7 +143,7 @@ async fn malformed_requests_rejected() {
 /// chunks would disagree about where the request ends, and the second request hidden in its
 /// body would reach the upstream on its own. The ingress rejects the rest of the connection:
 /// the request in front gets its response, the ambiguous one gets 400, the connection closes, and
-/// the upstream sees only the request in front.
+/// only the request in front reaches the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggled_request_rejected() {
     let tunnel = Tunnel::start().await;
@@ -226,13 +232,7 @@ async fn declined_upgrade_closes_connection() {
 async fn slow_request_head_gets_408() {
     let tunnel =
         Tunnel::start_with(|config| config.header_read_timeout = Duration::from_millis(500)).await;
-    let mut socket = TcpStream::connect(tunnel.ingress.http_addr)
-        .await
-        .expect("connect");
-    socket
-        .write_all(b"GET /small HTTP/1.1\r\nHost: app.lo")
-        .await
-        .expect("write part of a head");
+    let mut socket = connect_and_send(&tunnel, b"GET /small HTTP/1.1\r\nHost: app.lo").await;
     let started = Instant::now();
     let response = read_for(&mut socket, Duration::from_secs(5)).await;
     assert!(
@@ -261,13 +261,11 @@ async fn slow_request_head_gets_408() {
 async fn idle_keep_alive_closed_quietly() {
     let tunnel =
         Tunnel::start_with(|config| config.header_read_timeout = Duration::from_millis(500)).await;
-    let mut socket = TcpStream::connect(tunnel.ingress.http_addr)
-        .await
-        .expect("connect");
-    socket
-        .write_all(b"GET /small HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
-        .await
-        .expect("write request");
+    let mut socket = connect_and_send(
+        &tunnel,
+        b"GET /small HTTP/1.1\r\nHost: app.localhost\r\n\r\n",
+    )
+    .await;
     let response = read_for(&mut socket, Duration::from_secs(5)).await;
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     assert!(!response.contains("408"), "{response}");
@@ -279,10 +277,7 @@ async fn connections_per_address_limited() {
     let request = b"GET /small HTTP/1.1\r\nHost: app.localhost\r\n\r\n";
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut socket = TcpStream::connect(tunnel.ingress.http_addr)
-            .await
-            .expect("connect");
-        socket.write_all(request).await.expect("write");
+        let mut socket = connect_and_send(&tunnel, request).await;
         let mut buf = vec![0u8; 1024];
         let read = socket.read(&mut buf).await.expect("read");
         assert!(String::from_utf8_lossy(&buf[..read]).starts_with("HTTP/1.1 200 "));
@@ -299,10 +294,7 @@ async fn connections_per_address_limited() {
     // Closing one frees its slot.
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut socket = TcpStream::connect(tunnel.ingress.http_addr)
-        .await
-        .expect("connect");
-    socket.write_all(request).await.expect("write");
+    let mut socket = connect_and_send(&tunnel, request).await;
     let mut buf = vec![0u8; 1024];
     let read = socket.read(&mut buf).await.expect("read");
     assert!(String::from_utf8_lossy(&buf[..read]).starts_with("HTTP/1.1 200 "));
@@ -331,13 +323,11 @@ async fn silent_connection_closed() {
 async fn idle_http1_connection_closed() {
     let tunnel =
         Tunnel::start_with(|config| config.idle_timeout = Duration::from_millis(500)).await;
-    let mut socket = TcpStream::connect(tunnel.ingress.http_addr)
-        .await
-        .expect("connect");
-    socket
-        .write_all(b"GET /small HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
-        .await
-        .expect("write request");
+    let mut socket = connect_and_send(
+        &tunnel,
+        b"GET /small HTTP/1.1\r\nHost: app.localhost\r\n\r\n",
+    )
+    .await;
     let started = Instant::now();
     let response = read_for(&mut socket, Duration::from_secs(10)).await;
     let elapsed = started.elapsed();
@@ -455,13 +445,11 @@ async fn slow_second_head_gets_408_not_idle_close() {
         config.header_read_timeout = Duration::from_millis(1200);
     })
     .await;
-    let mut socket = TcpStream::connect(tunnel.ingress.http_addr)
-        .await
-        .expect("connect");
-    socket
-        .write_all(b"GET /small HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
-        .await
-        .expect("write request");
+    let mut socket = connect_and_send(
+        &tunnel,
+        b"GET /small HTTP/1.1\r\nHost: app.localhost\r\n\r\n",
+    )
+    .await;
     let first = read_for(&mut socket, Duration::from_millis(150)).await;
     assert!(first.starts_with("HTTP/1.1 200 "), "{first}");
     socket
@@ -482,13 +470,10 @@ async fn slow_second_head_gets_408_not_idle_close() {
 async fn idle_http2_client_without_ping_ack_dropped() {
     let tunnel =
         Tunnel::start_with(|config| config.idle_timeout = Duration::from_millis(300)).await;
-    let mut socket = TcpStream::connect(tunnel.ingress.http_addr)
-        .await
-        .expect("connect");
     // The connection preface and an empty SETTINGS frame, then silence.
     let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     opening.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-    socket.write_all(&opening).await.expect("write preface");
+    let mut socket = connect_and_send(&tunnel, &opening).await;
     let started = Instant::now();
     let mut received = Vec::new();
     let read =
