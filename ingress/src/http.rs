@@ -20,12 +20,12 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use transport::{shutdown_write, write_all_shared, SharedTcp};
+use transport::SharedTcp;
 
 use crate::error::ProxyError;
 use crate::h1_check::{CheckLog, Checked, HeadCheck};
 use crate::limits::ConnectionPermit;
-use crate::shared_stream::SharedStream;
+use crate::shared_stream::{LateWrite, SharedStream};
 use crate::{forward, ProxyBody, State};
 
 /// Accepts public connections until the listener fails.
@@ -126,22 +126,7 @@ async fn serve_client(
             return;
         }
         let shared = SharedTcp::new(stream);
-        let (checked, checks) = checked(shared.clone(), &state);
-        let result = serve_h1(
-            TokioIo::new(checked),
-            info("http", Some(checks.clone())),
-            state,
-            draining,
-        );
-        if let Err(err) = result.await {
-            if err.is_timeout() && checks.head_pending() {
-                let stream = shared.stream();
-                let written = write_all_shared(stream, REQUEST_TIMEOUT_RESPONSE);
-                if let Ok(Ok(())) = tokio::time::timeout(LATE_WRITE_LIMIT, written).await {
-                    let _ = shutdown_write(stream);
-                }
-            }
-        }
+        serve_h1_with_408(shared, |checks| info("http", Some(checks)), state, draining).await;
         return;
     };
 
@@ -162,18 +147,32 @@ async fn serve_client(
         let _ = serve_h2(TokioIo::new(tls), info("https", None), state, draining).await;
     } else {
         let shared = SharedStream::new(tls);
-        let (checked, checks) = checked(shared.clone(), &state);
-        let result = serve_h1(
-            TokioIo::new(checked),
-            info("https", Some(checks.clone())),
+        serve_h1_with_408(
+            shared,
+            |checks| info("https", Some(checks)),
             state,
             draining,
-        );
-        if let Err(err) = result.await {
-            if err.is_timeout() && checks.head_pending() {
-                let written = shared.write_and_close(REQUEST_TIMEOUT_RESPONSE);
-                let _ = tokio::time::timeout(LATE_WRITE_LIMIT, written).await;
-            }
+        )
+        .await;
+    }
+}
+
+/// Serves HTTP/1.1 on `shared` behind the framing check, and sends 408 when a request head
+/// that has started misses the header read timeout.
+async fn serve_h1_with_408<S>(
+    shared: S,
+    info: impl FnOnce(Arc<CheckLog>) -> ConnectionInfo,
+    state: Arc<State>,
+    draining: watch::Receiver<bool>,
+) where
+    S: LateWrite + tokio::io::AsyncRead + tokio::io::AsyncWrite + Clone + Unpin + Send + 'static,
+{
+    let (checked, checks) = checked(shared.clone(), &state);
+    let result = serve_h1(TokioIo::new(checked), info(checks.clone()), state, draining).await;
+    if let Err(err) = result {
+        if err.is_timeout() && checks.head_pending() {
+            let written = shared.write_and_close(REQUEST_TIMEOUT_RESPONSE);
+            let _ = tokio::time::timeout(LATE_WRITE_LIMIT, written).await;
         }
     }
 }
@@ -347,7 +346,7 @@ impl Activity {
     async fn idle_for(&self, limit: Duration, checks: Option<Arc<CheckLog>>) {
         let mut count = self.count.subscribe();
         loop {
-            // The sender lives in `self`, so these waits never fail.
+            // `self` keeps the sender, so these waits cannot fail.
             let _ = count.wait_for(|count| *count == 0).await;
             let busy_again = tokio::time::timeout(limit, count.wait_for(|count| *count > 0));
             if busy_again.await.is_ok() {

@@ -1,8 +1,8 @@
 //! A stream shared between hyper and the task serving the connection, so the task can still
 //! write to it after hyper has given up: a `408` for a request head that did not arrive in
-//! time, over TLS. (Plain TCP uses `transport::SharedTcp`, which also allows a copy-free
-//! splice after an upgrade.)
-
+//! time, over TLS. [`LateWrite`] is that late write, for this stream and for plain TCP's
+//! `transport::SharedTcp`, which also allows a copy-free splice after an upgrade.
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,12 +33,24 @@ impl<S> SharedStream<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> SharedStream<S> {
+/// A connection that the serving task can still write to after hyper has given up on it.
+pub(crate) trait LateWrite {
     /// Writes all of `bytes`, then shuts the write side down (for TLS: sends close_notify).
-    pub(crate) async fn write_and_close(&self, bytes: &[u8]) -> io::Result<()> {
+    fn write_and_close(&self, bytes: &'static [u8]) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl<S: AsyncWrite + Unpin + Send> LateWrite for SharedStream<S> {
+    async fn write_and_close(&self, bytes: &'static [u8]) -> io::Result<()> {
         let mut this = self.clone();
         this.write_all(bytes).await?;
         this.shutdown().await
+    }
+}
+
+impl LateWrite for transport::SharedTcp {
+    async fn write_and_close(&self, bytes: &'static [u8]) -> io::Result<()> {
+        transport::write_all_shared(self.stream(), bytes).await?;
+        transport::shutdown_write(self.stream())
     }
 }
 
