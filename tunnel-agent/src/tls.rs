@@ -81,12 +81,16 @@ pub(crate) fn upstream_tls(config: &Config) -> anyhow::Result<UpstreamTls> {
                     .add(cert.clone())
                     .with_context(|| format!("invalid CA certificate in {}", path.display()))?;
             }
-            let chains = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .with_context(|| format!("unusable CA certificates in {}", path.display()))?;
+            let chains =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .with_context(|| format!("unusable CA certificates in {}", path.display()))?;
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ListedOrChained { listed, chains }))
+                .with_custom_certificate_verifier(Arc::new(ChosenCert {
+                    accept: Accept::ListedOrChained { listed, chains },
+                    provider,
+                }))
                 .with_no_client_auth()
         }
         (None, false) => {
@@ -129,77 +133,24 @@ fn read_certs(path: &std::path::Path) -> anyhow::Result<Vec<CertificateDer<'stat
     Ok(certs)
 }
 
-/// Checks an upstream certificate against the `--upstream-ca` file: a chain to one of its
-/// certificates, or one of its certificates itself. The second case is a development server's
-/// self-signed certificate, which `openssl req -x509` marks as a CA, so a chain check alone
-/// rejects it as a CA used for a server.
-#[derive(Debug)]
-struct ListedOrChained {
-    listed: Vec<CertificateDer<'static>>,
-    chains: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for ListedOrChained {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let chained = self.chains.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        );
-        match chained {
-            Ok(verified) => Ok(verified),
-            Err(_) if self.listed.iter().any(|cert| cert == end_entity) => {
-                Ok(ServerCertVerified::assertion())
-            }
-            Err(err) => Err(rustls::Error::General(format!(
-                "{err}: the certificate is neither in --upstream-ca nor issued by one there"
-            ))),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chains.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chains.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.chains.supported_verify_schemes()
-    }
-}
-
-/// Which certificates [`ChosenCert`] accepts.
+/// Certificates that [`ChosenCert`] accepts.
 #[derive(Debug)]
 enum Accept {
     /// Exactly one, named by its SHA-256: the pinned ingress certificate.
     Fingerprint([u8; 32]),
     /// Any: an upstream run with `--upstream-insecure`.
     Any,
+    /// An upstream certificate chained to one of `--upstream-ca`, or one of them itself. The
+    /// second case is a development server's self-signed certificate, which
+    /// `openssl req -x509` marks as a CA, so a chain check alone rejects it for a server.
+    ListedOrChained {
+        listed: Vec<CertificateDer<'static>>,
+        chains: Arc<WebPkiServerVerifier>,
+    },
 }
 
-/// Accepts the certificates that [`Accept`] names instead of checking a chain, and still
-/// checks that the server has the certificate's private key through the handshake signature.
+/// Accepts the certificates that [`Accept`] names, and checks that the server has the
+/// certificate's private key through the handshake signature.
 #[derive(Debug)]
 struct ChosenCert {
     accept: Accept,
@@ -210,13 +161,33 @@ impl ServerCertVerifier for ChosenCert {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let Accept::Fingerprint(fingerprint) = &self.accept else {
-            return Ok(ServerCertVerified::assertion());
+        let fingerprint = match &self.accept {
+            Accept::Fingerprint(fingerprint) => fingerprint,
+            Accept::Any => return Ok(ServerCertVerified::assertion()),
+            Accept::ListedOrChained { listed, chains } => {
+                let chained = chains.verify_server_cert(
+                    end_entity,
+                    intermediates,
+                    server_name,
+                    ocsp_response,
+                    now,
+                );
+                return match chained {
+                    Ok(verified) => Ok(verified),
+                    Err(_) if listed.iter().any(|cert| cert == end_entity) => {
+                        Ok(ServerCertVerified::assertion())
+                    }
+                    Err(err) => Err(rustls::Error::General(format!(
+                        "{err}: the certificate is neither in --upstream-ca nor issued by one \
+                         there"
+                    ))),
+                };
+            }
         };
         let seen: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
         if seen == *fingerprint {
