@@ -8,14 +8,14 @@
 //! ingress must, since a server behind it may pick the other length and read a second,
 //! smuggled request out of the body.
 //!
-//! [`Checked`] wraps the client connection and follows the byte stream the way hyper does:
-//! it parses each head with httparse, as hyper does with the same settings, then skips the body
-//! by its length or by its chunked framing, following hyper's chunked decoder byte for byte,
-//! so it finds the next head where hyper will. Each head leaves a [`HeadCheck`] in a queue
-//! that the service takes from in order, since HTTP/1.1 requests on one connection are served
-//! one at a time. Bytes the checker cannot follow (after an upgrade request, or input hyper
-//! will reject too) stop the checking; a request hyper parses after that point finds the
-//! queue empty and is rejected.
+//! [`Checked`] wraps the client connection and follows the byte stream the way hyper does. It
+//! parses each head with httparse, with hyper's settings. Then it skips the body by its length
+//! or by its chunked framing, following hyper's chunked decoder byte for byte, so it finds the
+//! next head where hyper will. Each head leaves a [`HeadCheck`] in a queue that the service
+//! takes from in order, since HTTP/1.1 requests on one connection are served one at a time.
+//! Bytes the checker cannot follow (after an upgrade request, or input that hyper rejects too)
+//! stop the checking. A request that hyper parses after that point finds the queue empty and
+//! is rejected.
 
 use std::collections::VecDeque;
 use std::io;
@@ -278,18 +278,15 @@ fn judge(request: &httparse::Request<'_, '_>) -> Option<(HeadCheck, Position)> {
     let mut length: Option<u64> = None;
     let mut has_length = false;
     let mut codings = 0usize;
-    let mut only_chunked = true;
     let mut last_is_chunked = false;
+
     for field in request.headers.iter() {
         if field.name.eq_ignore_ascii_case("transfer-encoding") {
             if !http11 {
                 return None;
             }
             let value = std::str::from_utf8(field.value).ok()?;
-            for coding in value.split(',') {
-                codings += 1;
-                only_chunked &= coding.trim().eq_ignore_ascii_case("chunked");
-            }
+            codings += value.split(',').count();
             last_is_chunked = value
                 .rsplit(',')
                 .next()
@@ -310,13 +307,15 @@ fn judge(request: &httparse::Request<'_, '_>) -> Option<(HeadCheck, Position)> {
             upgrade = http11;
         }
     }
+
     if codings > 0 {
         if !last_is_chunked {
             return None;
         }
+        // The last coding is `chunked`, so a single coding is exactly `chunked`.
         let check = if has_length {
             HeadCheck::LengthAndChunked
-        } else if codings > 1 || !only_chunked {
+        } else if codings > 1 {
             HeadCheck::UnsupportedCoding
         } else if upgrade {
             HeadCheck::Upgrade
@@ -326,6 +325,7 @@ fn judge(request: &httparse::Request<'_, '_>) -> Option<(HeadCheck, Position)> {
         // Each of these ends the connection after its response.
         return Some((check, Position::Stopped));
     }
+
     if upgrade {
         return Some((HeadCheck::Upgrade, Position::Stopped));
     }
@@ -379,8 +379,9 @@ fn chunk_step(state: Chunk, byte: u8) -> Step {
             b'\r' => Step::To(Chunk::SizeLf(size)),
             _ => Step::Rejected,
         },
-        // hyper also limits the extension bytes of a body; the checker does not, so it may
-        // follow a body that hyper ends with an error, after which hyper reads no more.
+        // hyper also limits the extension bytes of a body and the checker does not. The
+        // checker may then follow a body that hyper ends with an error, but hyper reads no
+        // more requests after that error.
         Chunk::Extension(size) => match byte {
             b'\r' => Step::To(Chunk::SizeLf(size)),
             b'\n' => Step::Rejected,
