@@ -94,7 +94,7 @@ pub struct Args {
     pub drain_grace: Duration,
 
     /// Time a client has to finish the TLS handshake and to send a complete HTTP/1.1
-    /// request head; a head that started and did not finish gets 408 (e.g. 30s).
+    /// request head (e.g. 30s). A head that started and did not finish gets 408.
     #[arg(long, env = "INGRESS_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 

@@ -327,8 +327,8 @@ fn remove_underscore_aliases(headers: &mut http::HeaderMap) {
 
 /// Reads the agent's response head. The header timeout counts from the moment
 /// `request_sent` completes: when the request body has been sent, or failed. A client body
-/// that turned out invalid (a broken chunked framing, say) ends the wait with 400, since the
-/// agent then only sees its stream aborted.
+/// that turned out invalid (a broken chunked framing, say) ends the wait with 400, because
+/// the agent only gets an aborted stream and cannot tell whose fault it was.
 async fn read_response_head(
     reader: &mut FrameReader,
     tunnel: &str,

@@ -103,7 +103,7 @@ impl TrustedProxies {
         for hop in forwarded_hops(headers).rev() {
             let Some(addr) = parse_hop(hop) else {
                 // Whatever wrote this entry is not a proxy that writes addresses, so the
-                // nearest address known good is the answer.
+                // nearest address known good is taken as the client.
                 break;
             };
             client = SocketAddr::new(addr, 0);

@@ -177,7 +177,7 @@ async fn insecure_mode_accepts_self_signed() {
 }
 
 /// A self-signed certificate marked as a CA, as `openssl req -x509` makes by default, is
-/// accepted when `--upstream-ca` lists that very certificate; a chain check alone would reject
+/// accepted when `--upstream-ca` lists that very certificate. A chain check alone would reject
 /// it as a CA used for a server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listed_self_signed_ca_certificate_accepted() {

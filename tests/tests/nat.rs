@@ -342,7 +342,7 @@ impl Network {
             .expect("running curl")
     }
 
-    /// The router's UDP connection-tracking entries, as `conntrack -L` lists them.
+    /// Returns the router's UDP connection-tracking entries, as `conntrack -L` lists them.
     fn udp_flows(&self) -> String {
         let flows = run(&[
             "ip",

@@ -318,7 +318,7 @@ async fn websocket_counts_against_connection_limit() {
 }
 
 /// The upstream gets an upgrade request in origin form (`GET /path?query`), with the routed
-/// Host, as servers that route on the path need; the agent's internal address must not show.
+/// Host, because servers route on the path. The agent's internal address must not show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_target_reaches_upstream_in_origin_form() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -153,8 +153,8 @@ where
 }
 
 /// Rewrites the absolute target of `request` to origin form (`/path?query`), with a Host
-/// field. hyper's connection-level client writes the target as given, and servers route on
-/// the path of an origin-form target; the pooled client does the same rewriting itself.
+/// field. hyper's connection-level client writes the target as given, while servers route on
+/// the path of an origin-form target. (The pooled client does this rewriting itself.)
 fn origin_form<B>(request: &mut Request<B>, authority: &str) {
     let target = request
         .uri()

@@ -91,8 +91,13 @@ pub async fn shutdown_signal() {
 
 /// Installs a stderr log subscriber filtered by `RUST_LOG`, `info` by default.
 pub fn init_tracing() {
+    init_tracing_at("info");
+}
+
+/// Installs a stderr log subscriber filtered by `RUST_LOG`, `default` when it is not set.
+pub fn init_tracing_at(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
