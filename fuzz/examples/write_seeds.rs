@@ -7,12 +7,7 @@ use ingress_tunnel_fuzz::seeds;
 
 fn main() -> std::io::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
-    let targets = [
-        ("frame_decoder", seeds::frame_decoder()),
-        ("handshake", seeds::handshake()),
-        ("wire_headers", seeds::wire_headers()),
-    ];
-    for (target, inputs) in targets {
+    for (target, inputs) in seeds::all() {
         let dir = root.join(target);
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;

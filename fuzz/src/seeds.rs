@@ -59,6 +59,15 @@ pub fn sample_frames() -> Vec<(&'static str, Frame)> {
     ]
 }
 
+/// Returns the seeds of every target, by target name.
+pub fn all() -> [(&'static str, Vec<Seed>); 3] {
+    [
+        ("frame_decoder", frame_decoder()),
+        ("handshake", handshake()),
+        ("wire_headers", wire_headers()),
+    ]
+}
+
 /// Returns the seeds of `frame_decoder`: each sample frame alone in one read, and a request
 /// stream read byte by byte and in uneven read sizes.
 pub fn frame_decoder() -> Vec<Seed> {

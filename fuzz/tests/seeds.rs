@@ -66,12 +66,7 @@ fn handshake_seeds_reach_each_outcome() {
 #[test]
 fn saved_seeds_are_current() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
-    let targets = [
-        ("frame_decoder", seeds::frame_decoder()),
-        ("handshake", seeds::handshake()),
-        ("wire_headers", seeds::wire_headers()),
-    ];
-    for (target, inputs) in targets {
+    for (target, inputs) in seeds::all() {
         let dir = root.join(target);
         let saved = std::fs::read_dir(&dir).map_or(0, |entries| entries.count());
         assert_eq!(saved, inputs.len(), "files in {}", dir.display());
